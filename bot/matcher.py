@@ -1,0 +1,259 @@
+"""Match a resident's question to FAQ entries and flows, and know when it does not know.
+
+How a question is scored (the measurements behind each choice are in docs/matching.md):
+1. Words are normalised (case, accents, punctuation), mapped through the staff's synonyms and stemmed per
+   language (Snowball). A word the knowledge never uses is mended when it can be: a Dutch compound is split into
+   known parts (camerabeelden -> camera + beelden), and a typo that is not a real word of the language
+   (wordfreq) is mapped to the nearest known stem (rapidfuzz).
+2. Each entry (and each flow) is one document: the terms of all its phrasings and its title, a term counted once
+   per phrasing that uses it. Documents are ranked with BM25, so a long message whose words are spread over
+   several phrasings still finds its entry, and words every entry uses count for little.
+3. Confidence is the BM25 score over the square root of the question's evidence mass: the weight of its known
+   terms plus that of its unknown words, an unknown word counting more the more common it is in the language
+   ("sneakers", "wedding": the question is about something else) and little when rare (a name or a typo).
+4. The message is scored in the language(s) it is written in; a phrasing in another language counts less.
+5. Below REJECT the bot says it does not know; when runners-up score within MARGIN of the best, it asks
+   "Did you mean ...?" rather than pick one of two near-equal answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rapidfuzz import fuzz, process
+from wordfreq import zipf_frequency
+
+from bot.knowledge import Knowledge
+from bot.language import Detector, normalise, stem, stop_words
+
+REJECT = 0.7  # confidence below this: "I don't know" (calibrated on dev.jsonl, see docs/matching.md)
+RERANK = 8  # how many of the best BM25 candidates are re-scored by their closest phrasing
+PHRASE_BONUS = 0.5  # a question identical to a phrasing scores this much more (x1.5)
+MARGIN = 0.08  # runners-up within this share of the best are offered as "Did you mean"
+OTHER_LANGUAGE = 0.9  # a phrasing in a language other than the message's counts this much
+FUNCTION_WORD = 0.25  # weight factor of function words ("the", "de", "el") in the evidence mass
+K1, B = 1.2, 0.75  # BM25's usual term-saturation and length-normalisation constants
+FUZZY_MIN_LEN = 5  # words shorter than this are not typo-corrected (too many false friends)
+FUZZY_CUTOFF = 84  # rapidfuzz ratio for a typo to count as a known stem
+TYPO_ZIPF = 2.5  # a word this common in the language (wordfreq Zipf scale) is a real word, not a typo
+COMMON_ZIPF = 4.0  # an unknown word this common counts in full against a match
+UNKNOWN_FLOOR = 0.15  # the least an unknown word counts (rare: a name or a typo)
+
+
+@lru_cache(maxsize=100_000)
+def commonness(word: str, lang: str) -> float:
+    """How common a word is in everyday language, on wordfreq's Zipf scale (0 unknown .. ~7.5 'the')."""
+    return zipf_frequency(word, lang, wordlist="small")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something a question can lead to: an FAQ entry or a flow started directly."""
+
+    entry: str | None
+    flow: str | None
+
+    @property
+    def key(self) -> str:
+        return f"faq:{self.entry}" if self.entry else f"flow:{self.flow}"
+
+
+@dataclass(frozen=True)
+class Scored:
+    target: Target
+    score: float  # confidence: comparable across questions (see REJECT)
+    phrasing: str  # the phrasing that shares most with the question, for /why
+    lang: str  # the language of that phrasing
+
+
+@dataclass(frozen=True)
+class Match:
+    """The matcher's verdict on one question."""
+
+    lang: str | None  # the language the question is written in (None: no word we know)
+    best: Scored | None  # what to answer with; None when it does not know or is unsure
+    candidates: tuple[Scored, ...]  # the best few, highest first (what "Did you mean" offers when unsure)
+
+    @property
+    def unsure(self) -> bool:
+        return self.best is None and len(self.candidates) > 1
+
+
+class _LanguageIndex:
+    """Every entry and flow of one language as a BM25 document, with an inverted index."""
+
+    def __init__(self, lang: str, items: list[tuple[Target, str]], synonyms: Mapping[str, str]) -> None:
+        self.lang = lang
+        self.synonyms = {w: c for w, c in synonyms.items() if " " not in w}
+        # Phrases first, longest first, so that "wi fi" becomes "wifi" before single words are looked up.
+        self.phrases = sorted(((f" {w} ", f" {c} ") for w, c in synonyms.items() if " " in w),
+                              key=lambda pc: -len(pc[0]))
+        self.stop_words = stop_words(lang)
+        self.phrasings: dict[Target, list[tuple[str, frozenset[str]]]] = defaultdict(list)
+        docs: dict[Target, Counter] = defaultdict(Counter)
+        for target, text in items:
+            terms = frozenset(self._term(w) for w in self.words_of(text))
+            if terms:
+                self.phrasings[target].append((text, terms))
+                docs[target].update(terms)
+        self.targets = list(docs)
+        n = len(self.targets)
+        df = Counter(t for doc in docs.values() for t in doc)
+        # idf scaled so that a term only one entry uses weighs 1: confidence then means the same for a base of
+        # 40 entries or 10,000, and one threshold serves both.
+        rarest = math.log(1 + (n - 0.5) / 1.5) if n > 1 else 1.0
+        self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) / rarest for t, d in df.items()}
+        self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
+        self.vocab = sorted(self.idf)
+        self._vocab_set = frozenset(self.vocab)
+        avg = sum(sum(doc.values()) for doc in docs.values()) / max(n, 1)
+        self.postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for i, target in enumerate(self.targets):
+            doc = docs[target]
+            norm = K1 * (1 - B + B * sum(doc.values()) / avg)
+            for t, tf in doc.items():
+                self.postings[t].append((i, self.idf[t] * tf * (K1 + 1) / (tf + norm)))
+
+    def words_of(self, text: str) -> list[str]:
+        padded = f" {normalise(text)} "
+        for phrase, canonical in self.phrases:
+            padded = padded.replace(phrase, canonical)
+        return padded.split()
+
+    def _term(self, word: str) -> str:
+        return stem(self.synonyms.get(word, word), self.lang)
+
+    def analyse(self, text: str) -> tuple[frozenset[str], float]:
+        """The question's known terms (mending unknown words where it can) and its evidence mass."""
+        terms: set[str] = set()
+        mass = 0.0
+        for word in self.words_of(text):
+            term = self._term(word)
+            found = (term,) if term in self._vocab_set else self._mend(word)
+            if found:
+                new = [t for t in found if t not in terms]
+                terms.update(new)
+                mass += sum(self.idf[t] for t in new) * (FUNCTION_WORD if word in self.stop_words else 1.0)
+            else:
+                mass += self._unknown(word)
+        return frozenset(terms), mass
+
+    def _unknown(self, word: str) -> float:
+        """Evidence mass of a word the knowledge never uses: the more common it is in the language, the more it
+        says that the question is about something else ("sneakers", "wedding"); a rare one is likely a name or
+        a typo and says little."""
+        share = min(1.0, max(UNKNOWN_FLOOR, commonness(word, self.lang) / COMMON_ZIPF))
+        w = self.unknown_idf * share
+        return w * FUNCTION_WORD if word in self.stop_words else w
+
+    @lru_cache(maxsize=50_000)  # noqa: B019 - one index per knowledge load; the cache dies with it
+    def _mend(self, word: str) -> tuple[str, ...]:
+        """Known terms for an unknown word: a compound's parts, or the nearest stem to a typo."""
+        if len(word) >= 8:
+            for cut in range(3, len(word) - 3):
+                head, tail = self._term(word[:cut]), self._term(word[cut:])
+                if head in self._vocab_set and tail in self._vocab_set:
+                    return (head, tail)
+        term = self._term(word)
+        # A real word of the language is not a typo: "block" must not become "lock".
+        if len(term) >= FUZZY_MIN_LEN and commonness(word, self.lang) < TYPO_ZIPF:
+            found = process.extractOne(term, self.vocab, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF)
+            if found:
+                return (found[0],)
+        return ()
+
+    def score(self, text: str) -> dict[Target, float]:
+        """Confidence for every target sharing a term with the question."""
+        terms, mass = self.analyse(text)
+        if not terms:
+            return {}
+        sums: dict[int, float] = defaultdict(float)
+        for t in terms:
+            for i, w in self.postings.get(t, ()):
+                sums[i] += w
+        scale = (K1 + 1) * math.sqrt(mass)
+        return {self.targets[i]: s / scale for i, s in sums.items()}
+
+    def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
+        """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1)."""
+        best, closeness = "", 0.0
+        for text, phrasing in self.phrasings.get(target, ()):
+            shared = sum(self.idf.get(t, 0.0) for t in terms & phrasing)
+            union = sum(self.idf.get(t, self.unknown_idf) for t in terms | phrasing)
+            c = shared / union if union else 0.0
+            if c > closeness:
+                best, closeness = text, c
+        return best, closeness
+
+
+class Matcher:
+    """Ranks targets for a question; build once per knowledge load."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        langs = knowledge.languages
+        items: dict[str, list[tuple[Target, str]]] = {lang: [] for lang in langs}
+        vocabulary: dict[str, list[str]] = {lang: [] for lang in langs}
+        for entry in knowledge.entries.values():
+            target = Target(entry.id, None)
+            for lang in langs:
+                phrasings = entry.phrasings.get(lang, ())
+                title = entry.title.get(lang)
+                items[lang].extend((target, p) for p in phrasings)
+                if title:
+                    items[lang].append((target, title))
+                vocabulary[lang].extend(phrasings)
+                vocabulary[lang].append(entry.answer.get(lang, ""))
+        for flow in knowledge.flows.values():
+            target = Target(None, flow.id)
+            for lang in langs:
+                items[lang].extend((target, p) for p in flow.phrasings.get(lang, ()))
+                vocabulary[lang].extend(flow.phrasings.get(lang, ()))
+        for lang in langs:
+            vocabulary[lang].extend(knowledge.texts.get(lang, {}).values())
+        self.languages = langs
+        self.detector = Detector.build(vocabulary)
+        self.indexes = {
+            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}))
+            for lang in langs
+        }
+
+    def detect(self, text: str, prefer: str | None = None) -> str | None:
+        return self.detector.detect(text, prefer)
+
+    def match(self, text: str, prefer: str | None = None, limit: int = 3) -> Match:
+        """Rank targets for `text`; `prefer` is the language to favour when detection is unsure."""
+        lang_scores = self.detector.scores(text)
+        top = max(lang_scores.values(), default=0.0)
+        lang = self.detector.detect(text, prefer)
+        if not normalise(text):
+            return Match(lang, None, ())
+        tried = [lg for lg in self.languages if lg == lang or (top > 0 and lang_scores[lg] >= 0.5 * top)]
+        if not tried:
+            tried = [prefer if prefer in self.indexes else self.languages[0]]
+        combined: dict[Target, tuple[float, str]] = {}
+        for lg in tried:
+            factor = 1.0 if lg == lang or lang is None else OTHER_LANGUAGE
+            for target, score in self.indexes[lg].score(text).items():
+                score *= factor
+                if score > combined.get(target, (-1.0, ""))[0]:
+                    combined[target] = (score, lg)
+        ranked = sorted(combined.items(), key=lambda x: (-x[1][0], x[0].key))[:RERANK]
+        # A question close to one phrasing as a whole is stronger evidence than the same words spread out.
+        scored = []
+        for target, (score, lg) in ranked:
+            index = self.indexes[lg]
+            phrasing, closeness = index.closest_phrasing(target, index.analyse(text)[0])
+            scored.append(Scored(target, round(score * (1 + PHRASE_BONUS * closeness), 4), phrasing, lg))
+        scored.sort(key=lambda x: (-x.score, x.target.key))
+        top = tuple(scored[:limit])
+        if not top or top[0].score < REJECT:
+            return Match(lang, None, ())
+        first = top[0]
+        close = tuple(c for c in top if c.score >= first.score * (1 - MARGIN) and c.score >= REJECT)
+        if len(close) > 1:
+            return Match(lang, None, close)
+        return Match(lang, first, top)

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""rightsdesk's command line: chat, ask, check, eval (docs/cli.md documents every command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from bot import config as configlib
+from bot import knowledge as knowledgelib
+from bot.core import Brain, Policy
+from bot.knowledge import Knowledge, KnowledgeError
+from bot.matcher import Match
+
+DB_NAME = "rightsdesk.db"
+
+
+class UsageError(Exception):
+    """A command-line value is wrong; the message says which and how to fix it."""
+
+
+def _globals() -> argparse.ArgumentParser:
+    # Global options are accepted before or after the command (`run_bot.py --city nyc ask ...` or `ask --city nyc`).
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", type=Path, default=argparse.SUPPRESS,
+                   help="folder for the SQLite file and the file outbox (default: ./data)")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                   help="deployment settings (YAML); without it, the embedded default")
+    p.add_argument("--knowledge", type=Path, default=argparse.SUPPRESS,
+                   help="knowledge folder (default: the bundled knowledge/)")
+    p.add_argument("--city", default=argparse.SUPPRESS, help=f"city pack id (default: {knowledgelib.DEFAULT_CITY})")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _globals()
+    parser = argparse.ArgumentParser(
+        prog="run_bot.py", parents=[common],
+        description="rightsdesk: a chat assistant for residents' digital rights.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chat = sub.add_parser("chat", parents=[common], help="talk to the bot in this terminal (or pipe messages in)")
+    chat.add_argument("--json", action="store_true", help="print one JSON object per bot reply")
+    chat.add_argument("--user", default="console", help="conversation id (default: console)")
+    ask = sub.add_parser("ask", parents=[common], help="what the bot would answer, storing nothing")
+    ask.add_argument("--json", action="store_true", help="one JSON object per question (a stable contract)")
+    ask.add_argument("--lang", help="answer in this language instead of the detected one")
+    ask.add_argument("question", nargs="*", help="the question; without it, one question per line from stdin")
+    sub.add_parser("check", parents=[common], help="check the knowledge files; exit 1 on errors")
+    ev = sub.add_parser("eval", parents=[common], help="measure matching on a labelled JSONL file")
+    ev.add_argument("file", type=Path, help='lines {"q", "lang", "expect": {"id": ...} | {"flow": ...}}')
+    ev.add_argument("--confusions", type=int, default=10, help="how many worst confusions to list (default 10)")
+    return parser
+
+
+class App:
+    """What the commands share: settings, knowledge and the store, loaded on first use."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config = configlib.load(getattr(args, "config", None))
+        self.city = getattr(args, "city", None) or self.config.city
+        self.knowledge_dir = getattr(args, "knowledge", None) or self.config.knowledge or knowledgelib.BUNDLED
+        self.data_dir = getattr(args, "data", None) or self.config.data
+
+    def knowledge(self) -> Knowledge:
+        if not self.knowledge_dir.is_dir():
+            raise UsageError(f"--knowledge {self.knowledge_dir}: no such folder (point it at a folder with common/)")
+        return knowledgelib.load(self.knowledge_dir, self.city)
+
+    def brain(self) -> Brain:
+        return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days))
+
+    def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database
+        from bot.store import Store
+
+        return Store(self.data_dir / DB_NAME)
+
+
+# -- commands ---------------------------------------------------------------------------------------------------
+
+
+def cmd_chat(app: App) -> int:
+    from adapters.console import Console
+    from bot.runtime import Runtime
+
+    runtime = Runtime(app.brain(), app.store())
+    console = Console(json_lines=app.args.json, user=app.args.user)
+
+    async def on_message(message):  # noqa: ANN001, ANN202
+        await runtime.on_message(console, message)
+
+    try:
+        asyncio.run(console.run(on_message))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.store.close()
+    return 0
+
+
+def answer_record(brain: Brain, question: str, lang: str | None) -> dict:
+    """The `ask --json` contract: question, lang, id, flow, score, candidates (docs/cli.md)."""
+    match: Match = brain.matcher.match(question, prefer=lang)
+    entries = brain.knowledge.entries
+    entry_id = flow = None
+    if match.best is not None:
+        entry_id = match.best.target.entry
+        flow = entries[entry_id].flow if entry_id else match.best.target.flow
+    top = match.best or (match.candidates[0] if match.candidates else None)
+    return {
+        "question": question,
+        "lang": lang or match.lang,
+        "id": entry_id,
+        "flow": flow,
+        "score": top.score if top else 0.0,
+        "candidates": [
+            {"id": c.target.entry, "flow": c.target.flow, "score": c.score}
+            for c in (match.candidates if match.best is None else ())
+        ],
+    }
+
+
+def cmd_ask(app: App) -> int:
+    brain = app.brain()
+    lang = app.args.lang
+    if lang is not None and lang not in brain.knowledge.languages:
+        raise UsageError(f"--lang {lang}: not a language of this city (choose one of: "
+                         f"{', '.join(brain.knowledge.languages)})")
+    questions: Iterable[str] = [" ".join(app.args.question)] if app.args.question else (
+        line.rstrip("\r\n") for line in sys.stdin
+    )
+    for q in questions:
+        if not q.strip():
+            continue
+        rec = answer_record(brain, q, lang)
+        if app.args.json:
+            print(json.dumps(rec, ensure_ascii=False))
+            continue
+        k = brain.knowledge
+        speak = rec["lang"] or k.languages[0]
+        if rec["id"]:
+            print(f"[{rec['id']} {rec['score']:.2f}] " + k.pick(k.entries[rec["id"]].answer, speak))
+        elif rec["flow"]:
+            print(f"[flow {rec['flow']} {rec['score']:.2f}] " + k.pick(k.flows[rec["flow"]].title, speak))
+        elif rec["candidates"]:
+            names = ", ".join(c["id"] or f"flow:{c['flow']}" for c in rec["candidates"])
+            print(f"[unsure {rec['score']:.2f}] did you mean: {names}")
+        else:
+            print(f"[no answer {rec['score']:.2f}] " + k.text("dont_know", speak))
+    return 0
+
+
+def cmd_check(app: App) -> int:
+    if not app.knowledge_dir.is_dir():
+        raise UsageError(f"--knowledge {app.knowledge_dir}: no such folder (point it at a folder with common/)")
+    problems = knowledgelib.check(app.knowledge_dir, app.city)
+    for p in problems:
+        print(p)
+    errors = sum(p.level == "error" for p in problems)
+    warnings = len(problems) - errors
+    cities = [app.city] if app.city else knowledgelib.list_cities(app.knowledge_dir)
+    print(f"checked {app.knowledge_dir} for {', '.join(cities)}: {errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
+
+
+def cmd_eval(app: App) -> int:
+    brain = app.brain()
+    lines = _read_eval(app.args.file)
+    by_lang: dict[str, Counter] = defaultdict(Counter)
+    by_topic: dict[str, Counter] = defaultdict(Counter)
+    confusions: Counter = Counter()
+    totals: Counter = Counter()
+    for line in lines:
+        rec = answer_record(brain, line["q"], None)
+        expect = line["expect"]
+        got = rec["id"] or (f"flow:{rec['flow']}" if rec["flow"] else ("unsure" if rec["candidates"] else "none"))
+        if "flow" in expect:
+            kind, want, ok = "flow", f"flow:{expect['flow']}", rec["flow"] == expect["flow"]
+        elif expect.get("id") is None:
+            kind, want, ok = "offtopic", "none", rec["id"] is None and rec["flow"] is None
+        else:
+            kind, want, ok = "topic", expect["id"], rec["id"] == expect["id"]
+        by_lang[line["lang"]][kind, ok] += 1
+        by_topic[want][ok] += 1
+        totals[kind, ok] += 1
+        if not ok:
+            confusions[want, got] += 1
+
+    def rate(c: Counter, kind: str) -> str:
+        n = c[kind, True] + c[kind, False]
+        return f"{c[kind, True] / n:.3f} ({c[kind, True]}/{n})" if n else "-"
+
+    print("per topic (right/total):")
+    for topic in sorted(by_topic):
+        c = by_topic[topic]
+        print(f"  {topic:38} {c[True]}/{c[True] + c[False]}")
+    print(f"worst confusions (expected -> got, count), of {sum(confusions.values())} misses:")
+    for (want, got), n in confusions.most_common(app.args.confusions):
+        print(f"  {want} -> {got}  x{n}")
+    print("per language: topics | flows | off-topic rejected")
+    for lang in sorted(by_lang):
+        c = by_lang[lang]
+        print(f"  {lang}: {rate(c, 'topic')} | {rate(c, 'flow')} | {rate(c, 'offtopic')}")
+    print(f"topics: {rate(totals, 'topic')}")
+    print(f"flows: {rate(totals, 'flow')}")
+    print(f"off-topic rejected: {rate(totals, 'offtopic')}")
+    return 0
+
+
+def _read_eval(path: Path) -> list[dict]:
+    if not path.exists():
+        raise UsageError(f"{path}: no such file (eval takes a JSONL file of labelled questions)")
+    out = []
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{n}: not JSON ({exc.msg}); each line must be one JSON object") from None
+        if not (isinstance(line, dict) and isinstance(line.get("q"), str) and isinstance(line.get("expect"), dict)):
+            raise UsageError(f'{path}:{n}: expected {{"q": ..., "lang": ..., "expect": {{"id": ...}}}}')
+        line.setdefault("lang", "?")
+        out.append(line)
+    return out
+
+
+COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](App(args))
+    except (UsageError, configlib.ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KnowledgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

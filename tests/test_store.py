@@ -1,0 +1,70 @@
+"""The store: a real SQLite file, migrations, one transaction per message."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+
+from bot.messages import Incoming, Outcome, Reply, State, Unanswered
+from bot.runtime import Runtime
+from bot.store import Store
+
+from .conftest import brain_for
+
+AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def test_state_transcript_and_unanswered_are_committed_together(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    message = Incoming("console", "u1", "recipe please", AT)
+    outcome = Outcome(State(lang="en", misses=1), (Reply("Sorry"),), (Unanswered("recipe please", "en"),))
+    store.commit(message, outcome)
+    assert store.load_state("console", "u1") == State(lang="en", misses=1)
+    assert [r["text"] for r in store.db["transcript"].rows] == ["recipe please", "Sorry"]
+    assert store.unanswered() == [{"at": "2026-11-25T10:00:00+00:00", "lang": "en", "text": "recipe please"}]
+    assert "u1" not in str(list(store.db["unanswered"].rows))  # never who asked
+
+
+def test_a_failed_commit_keeps_nothing(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    message = Incoming("console", "u1", "hello", AT)
+    bad = Outcome(State(), (Reply("x"),), (Unanswered("q", "en"),))
+    # The last write of the transaction fails: nothing before it may stay.
+    store.db.execute("CREATE TRIGGER fail BEFORE INSERT ON unanswered BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError):
+        store.commit(message, bad)
+    assert store.load_state("console", "u1") == State()
+    assert store.db["transcript"].count == 0
+
+
+def test_migrations_run_once_and_refuse_a_newer_schema(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store(path).close()
+    Store(path).close()  # idempotent
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=999")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this rightsdesk knows"):
+        Store(path)
+
+
+def test_a_damaged_state_row_starts_the_resident_afresh(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.db["conversations"].insert({"channel": "console", "user": "u", "state": "{not json", "updated_at": "x"})
+    assert store.load_state("console", "u") == State()
+
+
+def test_runtime_answers_kindly_when_the_core_fails(tmp_path, monkeypatch):
+    import bot.runtime as runtime_module
+
+    runtime = Runtime(brain_for("amsterdam"), Store(tmp_path / "db.sqlite"))
+
+    def boom(*args, **kwargs):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(runtime_module, "handle", boom)
+    outcome = runtime.process(Incoming("console", "u", "hello", AT))
+    assert outcome.replies[0].text == brain_for("amsterdam").knowledge.text("error", "nl")
+    assert runtime.store.db["transcript"].count == 0
