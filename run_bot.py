@@ -7,15 +7,19 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from bot import config as configlib
+from bot import deadlines as deadlinelib
 from bot import knowledge as knowledgelib
 from bot.core import Brain, Policy
 from bot.knowledge import Knowledge, KnowledgeError
+from bot.language import normalise
 from bot.matcher import Match
 
 DB_NAME = "rightsdesk.db"
@@ -56,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="measure matching on a labelled JSONL file")
     ev.add_argument("file", type=Path, help='lines {"q", "lang", "expect": {"id": ...} | {"flow": ...}}')
     ev.add_argument("--confusions", type=int, default=10, help="how many worst confusions to list (default 10)")
+    un = sub.add_parser("unanswered", parents=[common], help="questions the bot could not answer, grouped")
+    un.add_argument("--since", default="30d", help="how far back: 7d, 24h, or a date YYYY-MM-DD (default 30d)")
+    sub.add_parser("deliver", parents=[common], help="one delivery pass; exit 1 if anything is left pending or dead")
+    ob = sub.add_parser("outbox", parents=[common], help="the delivery queue as a table; 'outbox retry REF'")
+    ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
+    ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
+    case = sub.add_parser("case", parents=[common], help="a case, its letter and its delivery history")
+    case.add_argument("ref", help="the case reference, e.g. AMS-DR-7Q4K2")
+    case.add_argument("--answered", action="store_true", help="record that the city answered (no more reminders)")
+    case.add_argument("--extended", action="store_true", help="record that the city extended the deadline")
     return parser
 
 
@@ -82,6 +96,27 @@ class App:
 
         return Store(self.data_dir / DB_NAME)
 
+    def outbox(self, store):  # noqa: ANN001, ANN201
+        from bot.outbox import Outbox
+
+        return Outbox(store, build_inboxes(self.config.inboxes, self.data_dir))
+
+
+def build_inboxes(settings: dict, data_dir: Path) -> dict:
+    """Inbox adapters by name from the config's `inboxes:`; without any, every case goes to files in --data."""
+    from adapters.inboxes.file import FileInbox
+
+    if not settings:
+        return {"default": FileInbox(data_dir / "outbox")}
+    kinds = {"file": lambda s: FileInbox(Path(s.get("dir") or data_dir / "outbox"))}
+    inboxes = {}
+    for name, spec in settings.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in kinds:
+            raise UsageError(f"inboxes.{name}.type: {kind!r} is not a known inbox type (known: {', '.join(kinds)})")
+        inboxes[name] = kinds[kind](spec)
+    return inboxes
+
 
 # -- commands ---------------------------------------------------------------------------------------------------
 
@@ -90,8 +125,9 @@ def cmd_chat(app: App) -> int:
     from adapters.console import Console
     from bot.runtime import Runtime
 
-    runtime = Runtime(app.brain(), app.store())
+    store = app.store()
     console = Console(json_lines=app.args.json, user=app.args.user)
+    runtime = Runtime(app.brain(), store, app.outbox(store), {console.name: console})
 
     async def on_message(message):  # noqa: ANN001, ANN202
         await runtime.on_message(console, message)
@@ -232,7 +268,86 @@ def _read_eval(path: Path) -> list[dict]:
     return out
 
 
-COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval}
+def parse_since(value: str, now: datetime) -> datetime:
+    """'7d', '24h' or 'YYYY-MM-DD' as the moment to count from."""
+    m = re.fullmatch(r"(\d+)([dh])", value.strip())
+    if m:
+        n = int(m.group(1))
+        return now - (timedelta(days=n) if m.group(2) == "d" else timedelta(hours=n))
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: not a period (use 7d, 24h or a date YYYY-MM-DD)") from None
+
+
+def cmd_unanswered(app: App) -> int:
+    store = app.store()
+    rows = store.unanswered(parse_since(app.args.since, datetime.now(UTC)))
+    groups: Counter = Counter()
+    for row in rows:
+        groups[row["lang"], normalise(row["text"])] += 1
+    print(f"{len(rows)} unanswered question(s) since {app.args.since}, {len(groups)} different:")
+    for (lang, text), n in groups.most_common():
+        print(f"  {n:4}  [{lang}] {text}")
+    return 0
+
+
+def cmd_deliver(app: App) -> int:
+    store = app.store()
+    report = asyncio.run(app.outbox(store).deliver_due(datetime.now(UTC)))
+    left = store.outbox("pending") + store.outbox("dead")
+    print(f"delivered {len(report.delivered)}, retrying {len(report.retrying)}, dead {len(report.dead)}; "
+          f"{len(left)} left pending or dead")
+    return 1 if left else 0
+
+
+def cmd_outbox(app: App) -> int:
+    store = app.store()
+    action = app.args.action
+    if action:
+        if len(action) != 2 or action[0] != "retry":
+            raise UsageError("outbox: the only action is 'outbox retry REF'")
+        if not store.retry(action[1].upper(), datetime.now(UTC)):
+            raise UsageError(f"outbox retry {action[1]}: no dead delivery with that reference")
+        print(f"{action[1].upper()}: back in the queue; run 'run_bot.py deliver' or wait for the next pass")
+        return 0
+    rows = store.outbox(app.args.status)
+    print(f"{'ref':14} {'inbox':12} {'status':9} {'tries':>5} {'created':25} {'next / delivered':25} last error")
+    for r in rows:
+        when = r["delivered_at"] if r["status"] == "delivered" else (r["next_at"] or "-")
+        print(f"{r['ref']:14} {r['inbox']:12} {r['status']:9} {r['attempts']:5} {r['created_at']:25} {when:25} "
+              f"{r['last_error'] or ''}")
+    counts = Counter(r["status"] for r in store.outbox())
+    print(f"pending {counts['pending']}, delivered {counts['delivered']}, dead {counts['dead']}")
+    return 0
+
+
+def cmd_case(app: App) -> int:
+    store = app.store()
+    ref = app.args.ref.strip().upper()
+    case = store.case(ref)
+    if case is None:
+        raise UsageError(f"case {ref}: no such case (see 'run_bot.py outbox' for references)")
+    now = datetime.now(UTC)
+    if app.args.answered:
+        store.mark_answered(ref, now)
+    if app.args.extended:
+        k = app.knowledge()
+        rule = k.deadlines.get(case["rule"] or "")
+        if rule is None or rule.extension is None:
+            raise UsageError(f"case {ref}: its deadline rule has no extension")
+        store.mark_extended(ref, deadlinelib.due(date.fromisoformat(case["filed"]), rule, k.calendar, True), now)
+    case = store.case(ref)
+    for key in ("ref", "flow", "city", "lang", "filed_at", "deadline", "extended", "status", "inbox", "receipt"):
+        print(f"{key:10} {case[key]}")
+    print(f"\n{case['subject']}\n\n{case['letter']}\n\nhistory:")
+    for e in store.case_history(ref):
+        print(f"  {e['at']}  {e['event']:10} {e['detail']}")
+    return 0
+
+
+COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval, "unanswered": cmd_unanswered,
+            "deliver": cmd_deliver, "outbox": cmd_outbox, "case": cmd_case}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot import deadlines as deadlinelib
 from bot import flows as flowlib
 from bot.yamlfile import LineDict, LineList, Problem, read
 
@@ -61,6 +62,49 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "privacy": ("retention_days",),
         "flow_start_label": ("flow",),
         "error": (),
+        "menu_status": (),
+        "back_to_request": (),
+        "flow_intro": ("flow",),
+        "answer_yes": (),
+        "answer_no": (),
+        "skip": (),
+        "invalid_email": (),
+        "invalid_phone": (),
+        "invalid_date": (),
+        "invalid_choice": (),
+        "answer_too_long": ("limit",),
+        "answer_empty": (),
+        "choose_one": (),
+        "consent_declined": (),
+        "summary": ("flow",),
+        "confirm": (),
+        "edit": (),
+        "cancel_request": (),
+        "edit_which": (),
+        "resume_offer": ("flow",),
+        "resume_continue": (),
+        "resume_drop": (),
+        "resume_dropped": (),
+        "filed": ("ref", "deadline", "law"),
+        "filed_no_deadline": ("ref",),
+        "show_letter": (),
+        "status_none": (),
+        "status_header": (),
+        "status_line": ("ref", "flow", "status", "deadline"),
+        "status_submitted": (),
+        "status_delivered": (),
+        "status_extended": (),
+        "status_answered": (),
+        "status_overdue": (),
+        "no_such_case": ("ref",),
+        "no_deadline": (),
+        "nothing_to_go_back": (),
+        "no_extension": ("ref",),
+        "extended_ok": ("ref", "deadline"),
+        "overdue": ("ref", "flow", "deadline"),
+        "overdue_complain": (),
+        "overdue_complaint_text": ("ref", "flow", "filed", "deadline"),
+        "delivered": ("ref",),
     }.items()
 }
 
@@ -136,6 +180,8 @@ class Knowledge:
     texts: Mapping[str, Mapping[str, str]]
     synonyms: Mapping[str, Mapping[str, str]]  # lang -> word -> canonical word
     flows: Mapping[str, flowlib.Flow]
+    deadlines: Mapping[str, deadlinelib.Rule] = field(default_factory=dict)
+    calendar: deadlinelib.Calendar = field(default_factory=deadlinelib.Calendar)
     warnings: tuple[Problem, ...] = field(default=())
 
     @property
@@ -226,8 +272,13 @@ def _build(root: Path, city_id: str, today: date) -> tuple[Knowledge | None, lis
         if p.stem != "topics" and not LANG_RE.match(p.stem):
             r.add(r.shown(p), 1, "", f"'{p.name}' is not a language file name", "name it <code>.yaml, e.g. en.yaml")
 
-    flows = _read_flows(r, root / "common" / "flows", langs)
+    flows = _read_flows(r, root / "common" / "flows", city_dir / "flows", langs)
     city = _read_city(r, city_dir / "city.yaml", city_id, langs)
+    deadlines: dict[str, deadlinelib.Rule] = {}
+    for path in (root / "common" / "deadlines.yaml", city_dir / "deadlines.yaml"):
+        if path.exists():
+            deadlines.update(deadlinelib.parse_rules(r.read(path), r.shown(path), langs, r.problems))
+    _check_flow_references(r, root, city_dir, flows, deadlines, city)
 
     topics: dict[str, dict[str, Any]] = {}
     origin: dict[str, tuple[str, int]] = {}
@@ -262,6 +313,8 @@ def _build(root: Path, city_id: str, today: date) -> tuple[Knowledge | None, lis
         texts=texts,
         synonyms=synonyms,
         flows=flows,
+        deadlines=deadlines,
+        calendar=deadlinelib.Calendar.of(city.holidays),
         warnings=tuple(p for p in r.problems if p.level == "warning"),
     )
     return knowledge, r.problems
@@ -636,6 +689,10 @@ def _read_texts(r: _Reader, root: Path, city_dir: Path, langs: list[str]) -> dic
                 continue
             for key, value in data.items():
                 line = data.line_of(key)
+                if isinstance(key, bool):
+                    r.add(file, line, str(key), "YAML read this key as true/false (yes, no, on and off are booleans)",
+                          "put the key in quotes, e.g. \"no\": ...")
+                    continue
                 if key not in TEXT_KEYS:
                     r.add(file, line, str(key), f"unknown text key '{key}'", "check the spelling against texts/en.yaml")
                     continue
@@ -699,15 +756,45 @@ def _read_synonyms(r: _Reader, path: Path) -> dict[str, str]:
     return out
 
 
-def _read_flows(r: _Reader, folder: Path, langs: list[str]) -> dict[str, flowlib.Flow]:
+def _read_flows(r: _Reader, common: Path, local: Path, langs: list[str]) -> dict[str, flowlib.Flow]:
+    """Read the flows; a city's flows/<id>.yaml replaces the common file's top-level keys it gives."""
     flows: dict[str, flowlib.Flow] = {}
-    if not folder.is_dir():
-        return flows
-    for path in sorted(folder.glob("*.yaml")):
-        data = r.read(path)
+    paths = {p.stem: p for p in sorted(common.glob("*.yaml"))} if common.is_dir() else {}
+    for stem in sorted(paths):
+        data = r.read(paths[stem])
         if data is None:
             continue
-        flow = flowlib.parse(data, path.stem, r.shown(path), langs, r.problems)
+        files: dict[str, str] = {}
+        override = local / f"{stem}.yaml"
+        if override.exists() and isinstance(data, LineDict):
+            extra = r.read(override)
+            if isinstance(extra, LineDict):
+                merged = LineDict(data)
+                merged.line, merged.key_lines = data.line, dict(data.key_lines)
+                for key, value in extra.items():
+                    merged[key] = value
+                    merged.key_lines[key] = extra.line_of(key)
+                    files[key] = r.shown(override)
+                data = merged
+        flow = flowlib.parse(data, stem, r.shown(paths[stem]), langs, r.problems, files)
         if flow is not None:
             flows[flow.id] = flow
+    if local.is_dir():
+        for path in sorted(local.glob("*.yaml")):
+            if path.stem not in paths:
+                r.add(r.shown(path), 1, "", f"no common flow '{path.stem}' to override",
+                      f"name it after a file in common/flows ({', '.join(sorted(paths)) or 'none'})")
     return flows
+
+
+def _check_flow_references(r: _Reader, root: Path, city_dir: Path, flows: Mapping[str, flowlib.Flow],
+                           deadlines: Mapping[str, deadlinelib.Rule], city: City | None) -> None:
+    for flow in flows.values():
+        local = city_dir / "flows" / f"{flow.id}.yaml"
+        file = r.shown(local if local.exists() else root / "common" / "flows" / f"{flow.id}.yaml")
+        if flow.deadline and flow.deadline not in deadlines:
+            r.add(file, 1, "deadline", f"deadline rule '{flow.deadline}' does not exist for this city",
+                  f"define it in deadlines.yaml (known: {', '.join(sorted(deadlines)) or 'none'})")
+        if flow.office and city is not None and flow.office not in city.offices:
+            r.add(file, 1, "office", f"the city has no office '{flow.office}'",
+                  f"add it under offices: in city.yaml (known: {', '.join(sorted(city.offices)) or 'none'})")

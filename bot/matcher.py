@@ -30,7 +30,7 @@ from wordfreq import zipf_frequency
 from bot.knowledge import Knowledge
 from bot.language import Detector, normalise, stem, stop_words
 
-REJECT = 0.7  # confidence below this: "I don't know" (calibrated on dev.jsonl, see docs/matching.md)
+REJECT = 0.5  # confidence below this: "I don't know" (calibrated on dev.jsonl, see docs/matching.md)
 RERANK = 8  # how many of the best BM25 candidates are re-scored by their closest phrasing
 PHRASE_BONUS = 0.5  # a question identical to a phrasing scores this much more (x1.5)
 MARGIN = 0.08  # runners-up within this share of the best are offered as "Did you mean"
@@ -42,6 +42,9 @@ FUZZY_CUTOFF = 84  # rapidfuzz ratio for a typo to count as a known stem
 TYPO_ZIPF = 2.5  # a word this common in the language (wordfreq Zipf scale) is a real word, not a typo
 COMMON_ZIPF = 4.0  # an unknown word this common counts in full against a match
 UNKNOWN_FLOOR = 0.15  # the least an unknown word counts (rare: a name or a typo)
+KEYNESS_FULL = 1.5  # a term 10^1.5 times likelier in the knowledge than in everyday language weighs in full
+KEYNESS_FLOOR = 0.4  # the least a known but everyday word weighs
+RARE_FREQ = 1e-8  # everyday frequency assumed for a word wordfreq does not know
 
 
 @lru_cache(maxsize=100_000)
@@ -86,7 +89,8 @@ class Match:
 class _LanguageIndex:
     """Every entry and flow of one language as a BM25 document, with an inverted index."""
 
-    def __init__(self, lang: str, items: list[tuple[Target, str]], synonyms: Mapping[str, str]) -> None:
+    def __init__(self, lang: str, items: list[tuple[Target, str]], synonyms: Mapping[str, str],
+                 prose: list[str] = ()) -> None:
         self.lang = lang
         self.synonyms = {w: c for w, c in synonyms.items() if " " not in w}
         # Phrases first, longest first, so that "wi fi" becomes "wifi" before single words are looked up.
@@ -107,6 +111,9 @@ class _LanguageIndex:
         # 40 entries or 10,000, and one threshold serves both.
         rarest = math.log(1 + (n - 0.5) / 1.5) if n > 1 else 1.0
         self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) / rarest for t, d in df.items()}
+        if KEYNESS_FULL:
+            key = self._keyness([text for _, text in items] + list(prose))
+            self.idf = {t: w * key.get(t, 1.0) for t, w in self.idf.items()}
         self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
         self.vocab = sorted(self.idf)
         self._vocab_set = frozenset(self.vocab)
@@ -117,6 +124,28 @@ class _LanguageIndex:
             norm = K1 * (1 - B + B * sum(doc.values()) / avg)
             for t, tf in doc.items():
                 self.postings[t].append((i, self.idf[t] * tf * (K1 + 1) / (tf + norm)))
+
+    def _keyness(self, texts: list[str]) -> dict[str, float]:
+        """How much likelier each term is in the knowledge than in everyday language, as a weight factor.
+
+        log10(p_knowledge / p_everyday) over the term's surface words (wordfreq): "privacy" or "wifi" count in
+        full, "tell", "long" or "time" little, so that a generic word an entry happens to use cannot carry a
+        question about something else ("how long is the waiting list for a parking permit").
+        """
+        counts: Counter = Counter()
+        forms: dict[str, set[str]] = defaultdict(set)
+        for text in texts:
+            for word in self.words_of(text):
+                term = self._term(word)
+                counts[term] += 1
+                forms[term].add(word)
+        total = sum(counts.values()) or 1
+        out = {}
+        for term, c in counts.items():
+            everyday = sum(10 ** (z - 9) if (z := commonness(w, self.lang)) > 0 else RARE_FREQ for w in forms[term])
+            ratio = math.log10((c / total) / everyday)
+            out[term] = min(1.0, max(KEYNESS_FLOOR, ratio / KEYNESS_FULL))
+        return out
 
     def words_of(self, text: str) -> list[str]:
         padded = f" {normalise(text)} "
@@ -215,9 +244,10 @@ class Matcher:
         for lang in langs:
             vocabulary[lang].extend(knowledge.texts.get(lang, {}).values())
         self.languages = langs
+        self.offers = {entry.id: entry.flow for entry in knowledge.entries.values()}
         self.detector = Detector.build(vocabulary)
         self.indexes = {
-            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}))
+            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}), vocabulary[lang])
             for lang in langs
         }
 
@@ -254,6 +284,15 @@ class Matcher:
             return Match(lang, None, ())
         first = top[0]
         close = tuple(c for c in top if c.score >= first.score * (1 - MARGIN) and c.score >= REJECT)
-        if len(close) > 1:
+        if len(close) > 1 and not self._same_request(close):
             return Match(lang, None, close)
         return Match(lang, first, top)
+
+    def _same_request(self, close: tuple[Scored, ...]) -> bool:
+        """A flow and entries that offer that very flow are one request, not a choice to ask about: starting
+        the flow, or answering with the entry and its button, both lead the resident to it."""
+        flows = {c.target.flow for c in close if c.target.flow}
+        if len(flows) != 1:
+            return False
+        (flow,) = flows
+        return all(c.target.flow or self.offers.get(c.target.entry or "") == flow for c in close)

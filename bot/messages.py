@@ -6,8 +6,9 @@ the store can turn state into JSON and back without knowing the core's rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 
@@ -56,6 +57,21 @@ class Why:
 
 
 @dataclass(frozen=True)
+class CaseInfo:
+    """One of the resident's cases as their conversation sees it (loaded by the store from the cases table)."""
+
+    ref: str
+    flow: str
+    filed: str  # ISO date, in the city's time zone
+    deadline: str | None  # ISO date the city must answer by, or None
+    status: str = "submitted"  # submitted | delivered | answered (delivery and answers are recorded by staff tools)
+    extended: bool = False  # the city extended the deadline (GDPR Art. 12(3): two more months, with notice)
+    reminded: str | None = None  # the deadline for which the resident was told it passed (once per deadline)
+    rule: str | None = None  # the deadline rule, to recompute after an extension
+    letter: str = ""  # the letter in the resident's language, to show a copy
+
+
+@dataclass(frozen=True)
 class State:
     """Everything the bot remembers about one conversation between two messages."""
 
@@ -64,11 +80,14 @@ class State:
     offers: tuple[Offer, ...] = ()  # the choices of the last reply, so '2' or a label can be resolved
     why: Why | None = None
     misses: int = 0  # "I don't know" answers in a row
-    flow: dict[str, Any] | None = None  # the flow in progress (see bot.flows), plain JSON values
+    flow: dict[str, Any] | None = None  # the flow in progress (see bot.core), plain JSON values
+    cases: tuple[CaseInfo, ...] = ()  # the resident's cases: read from the cases table, never stored here
     version: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["cases"]  # the cases table is their one source of truth
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> State:
@@ -85,6 +104,11 @@ class State:
         if isinstance(why_data, dict) and {"entry", "phrasing", "score"} <= why_data.keys():
             why = Why(str(why_data["entry"]), str(why_data["phrasing"]), float(why_data["score"]))
         flow = data.get("flow")
+        cases = tuple(
+            CaseInfo(**{k: v for k, v in c.items() if k in CaseInfo.__dataclass_fields__})
+            for c in data.get("cases") or ()
+            if isinstance(c, dict) and {"ref", "flow", "filed", "deadline"} <= c.keys()
+        )
         return cls(
             lang=data.get("lang") if isinstance(data.get("lang"), str) else None,
             last_lang=data.get("last_lang") if isinstance(data.get("last_lang"), str) else None,
@@ -92,6 +116,7 @@ class State:
             why=why,
             misses=int(data.get("misses") or 0),
             flow=flow if isinstance(flow, dict) else None,
+            cases=cases,
         )
 
     def but(self, **changes: Any) -> State:
@@ -106,7 +131,42 @@ class Unanswered:
     lang: str
 
 
-Effect = Unanswered
+@dataclass(frozen=True)
+class Case:
+    """A request the resident confirmed: what the city receives, and when it must answer."""
+
+    ref: str
+    flow: str
+    city: str
+    lang: str
+    filed_at: datetime
+    answers: Mapping[str, Any]
+    subject: str
+    letter: str  # in the resident's language, followed by the city's working language where it differs
+    resident_letter: str  # the resident's language only, for copies in the chat
+    inbox: str
+    deadline: date | None
+    rule: str | None
+
+
+@dataclass(frozen=True)
+class CaseFiled:
+    """Effect: keep a new case and queue its letter for delivery, in the same transaction as the message."""
+
+    case: Case
+
+
+@dataclass(frozen=True)
+class CaseChanged:
+    """Effect: a resident-side change to a case (an extension they were told of, a reminder sent)."""
+
+    ref: str
+    extended: bool | None = None
+    deadline: date | None = None
+    reminded: str | None = None
+
+
+Effect = Unanswered | CaseFiled | CaseChanged
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,18 @@ effects or none. The schema is versioned with `PRAGMA user_version` and migrated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import sqlite_utils
 
-from bot.messages import Incoming, Outcome, State, Unanswered
+from bot.messages import Case, CaseChanged, CaseFiled, CaseInfo, Incoming, Outcome, State, Unanswered
+from bot.ports import Receipt
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -32,7 +34,38 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["unanswered"].create_index(["at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    db["cases"].create(
+        {
+            "ref": str, "channel": str, "user": str, "flow": str, "city": str, "lang": str,
+            "filed_at": str, "filed": str, "answers": str, "subject": str, "letter": str, "resident_letter": str,
+            "inbox": str, "deadline": str, "rule": str, "status": str, "extended": int, "reminded": str,
+            "answered_at": str, "receipt": str,
+        },
+        pk="ref",
+        not_null={"channel", "user", "flow", "status"},
+        defaults={"status": "submitted", "extended": 0},
+    )
+    db["cases"].create_index(["channel", "user"])
+    db["cases"].create_index(["deadline"])
+    # The transactional outbox: one row per case to deliver, written with the case (DESIGN.md §1).
+    db["outbox"].create(
+        {
+            "id": int, "ref": str, "inbox": str, "status": str, "attempts": int, "next_at": str,
+            "last_error": str, "created_at": str, "delivered_at": str, "receipt": str,
+        },
+        pk="id",
+        not_null={"ref", "inbox", "status"},
+        defaults={"status": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["ref"], unique=True)
+    db["outbox"].create_index(["status", "next_at"])
+    db["case_events"].create({"id": int, "ref": str, "at": str, "event": str, "detail": str}, pk="id")
+    db["case_events"].create_index(["ref"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 
 
 class Store:
@@ -83,12 +116,23 @@ class Store:
         row = self.db.execute(
             "SELECT state FROM conversations WHERE channel = ? AND user = ?", [channel, user]
         ).fetchone()
-        if row is None:
-            return State()
-        try:
-            return State.from_json(json.loads(row[0]))
-        except (ValueError, TypeError):
-            return State()  # a damaged row must not lock a resident out: start them afresh
+        state = State()
+        if row is not None:
+            with contextlib.suppress(ValueError, TypeError):  # a damaged row must not lock a resident out
+                state = State.from_json(json.loads(row[0]))
+        return state.but(cases=self.cases_of(channel, user))
+
+    def cases_of(self, channel: str, user: str) -> tuple[CaseInfo, ...]:
+        rows = self.db.execute(
+            "SELECT ref, flow, filed, deadline, status, extended, reminded, rule, resident_letter FROM cases "
+            "WHERE channel = ? AND user = ? ORDER BY filed_at DESC, ref LIMIT ?",
+            [channel, user, CASES_IN_STATE],
+        ).fetchall()
+        return tuple(
+            CaseInfo(ref=r[0], flow=r[1], filed=r[2], deadline=r[3], status=r[4], extended=bool(r[5]),
+                     reminded=r[6], rule=r[7], letter=r[8] or "")
+            for r in reversed(rows)
+        )
 
     def commit(self, message: Incoming, outcome: Outcome) -> None:
         """Keep everything one message changed, in one transaction."""
@@ -113,6 +157,116 @@ class Store:
             for effect in outcome.effects:
                 if isinstance(effect, Unanswered):
                     self.db["unanswered"].insert({"at": at, "lang": effect.lang, "text": effect.text})
+                elif isinstance(effect, CaseFiled):
+                    self._file(message, effect.case, at)
+                elif isinstance(effect, CaseChanged):
+                    self._change(effect, at, "resident")
+
+    def _file(self, message: Incoming, case: Case, at: str) -> None:
+        self.db["cases"].insert({
+            "ref": case.ref, "channel": message.channel, "user": message.user, "flow": case.flow,
+            "city": case.city, "lang": case.lang, "filed_at": _iso(case.filed_at), "filed": at[:10],
+            "answers": json.dumps(dict(case.answers), ensure_ascii=False), "subject": case.subject,
+            "letter": case.letter, "resident_letter": case.resident_letter, "inbox": case.inbox,
+            "deadline": case.deadline.isoformat() if case.deadline else None, "rule": case.rule,
+            "status": "submitted", "extended": 0,
+        })
+        self.db["outbox"].insert({"ref": case.ref, "inbox": case.inbox, "status": "pending", "attempts": 0,
+                                  "next_at": at, "created_at": at})
+        self._event(case.ref, at, "filed", f"inbox {case.inbox}")
+
+    def _change(self, change: CaseChanged, at: str, who: str) -> None:
+        updates: dict[str, object] = {}
+        if change.extended is not None:
+            updates["extended"] = int(change.extended)
+        if change.deadline is not None:
+            updates["deadline"] = change.deadline.isoformat()
+        if change.reminded is not None:
+            updates["reminded"] = change.reminded
+        if updates:
+            self.db["cases"].update(change.ref, updates)
+            self._event(change.ref, at, "changed", f"{who}: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
+
+    def _event(self, ref: str, at: str, event: str, detail: str) -> None:
+        self.db["case_events"].insert({"ref": ref, "at": at, "event": event, "detail": detail})
+
+    # -- cases for staff and the outbox --------------------------------------------------------------------------
+
+    def case(self, ref: str) -> dict | None:
+        rows = list(self.db["cases"].rows_where("ref = ?", [ref.strip().upper()]))
+        return rows[0] if rows else None
+
+    def case_history(self, ref: str) -> list[dict]:
+        return list(self.db["case_events"].rows_where("ref = ?", [ref], order_by="id"))
+
+    def due(self, now: datetime, limit: int) -> list[dict]:
+        """Outbox rows to try now, oldest first, joined with their case."""
+        sql = (
+            "SELECT o.ref, o.inbox, o.attempts, c.subject, c.letter, c.lang, c.flow, c.city, c.filed_at, "
+            "c.deadline, c.answers, c.channel, c.user FROM outbox o JOIN cases c ON c.ref = o.ref "
+            "WHERE o.status = 'pending' AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?"
+        )
+        cursor = self.db.execute(sql, [_iso(now), limit])
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def delivered(self, ref: str, receipt: Receipt, attempts: int, now: datetime) -> None:
+        at = _iso(now)
+        with self.transaction():
+            self.db.execute(
+                "UPDATE outbox SET status = 'delivered', attempts = ?, delivered_at = ?, receipt = ?, "
+                "last_error = NULL WHERE ref = ?",
+                [attempts, at, json.dumps({"id": receipt.id, "detail": receipt.detail}), ref],
+            )
+            self.db.execute(
+                "UPDATE cases SET status = 'delivered', receipt = ? WHERE ref = ? AND status = 'submitted'",
+                [receipt.id, ref],
+            )
+            self._event(ref, at, "delivered", receipt.detail or (receipt.id or ""))
+
+    def failed(self, ref: str, error: str, next_at: datetime | None, attempts: int, now: datetime) -> None:
+        """Record a failed attempt: try again at `next_at`, or never (None: the row is dead)."""
+        at = _iso(now)
+        with self.transaction():
+            self.db.execute(
+                "UPDATE outbox SET status = ?, attempts = ?, next_at = ?, last_error = ? WHERE ref = ?",
+                ["pending" if next_at else "dead", attempts, _iso(next_at) if next_at else None, error[:500], ref],
+            )
+            self._event(ref, at, "dead" if next_at is None else "retry", error[:500])
+
+    def retry(self, ref: str, now: datetime) -> bool:
+        """Put a dead delivery back in the queue (staff: `run_bot.py outbox retry REF`)."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE outbox SET status = 'pending', next_at = ?, attempts = 0 WHERE ref = ? AND status = 'dead'",
+                [_iso(now), ref],
+            )
+            if cursor.rowcount:
+                self._event(ref, _iso(now), "retry", "staff put it back in the queue")
+        return bool(cursor.rowcount)
+
+    def outbox(self, status: str | None = None) -> list[dict]:
+        sql = ("SELECT o.ref, o.inbox, o.status, o.attempts, o.created_at, o.next_at, o.delivered_at, "
+               "o.last_error FROM outbox o")
+        args: list[str] = []
+        if status:
+            sql += " WHERE o.status = ?"
+            args.append(status)
+        cursor = self.db.execute(sql + " ORDER BY o.id", args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def mark_answered(self, ref: str, at: datetime) -> bool:
+        with self.transaction():
+            if self.case(ref) is None:
+                return False
+            self.db["cases"].update(ref, {"status": "answered", "answered_at": _iso(at)})
+            self._event(ref, _iso(at), "answered", "staff")
+        return True
+
+    def mark_extended(self, ref: str, deadline: date, at: datetime) -> None:
+        with self.transaction():
+            self._change(CaseChanged(ref, extended=True, deadline=deadline), _iso(at), "staff")
 
     # -- staff views ------------------------------------------------------------------------------------------
 

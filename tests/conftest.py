@@ -117,6 +117,11 @@ MINI_EN = """\
 MINI_FLOW = """\
 title: {en: File a complaint}
 phrasings: {en: [file a complaint, i want to complain officially]}
+steps:
+  - name: what
+    type: text
+    label: {en: What happened}
+    prompt: {en: "What happened?"}
 """
 MINI_CITY = """\
 id: demo

@@ -1,0 +1,96 @@
+"""Deliver pending cases through the configured inboxes: at least once, idempotent by the case reference.
+
+A case's outbox row is written in the same transaction as the case (bot.store). A pass takes the rows that are
+due, delivers each through its inbox, and records the result: delivered (with the inbox's receipt); failed but
+retryable (next attempt after an exponential backoff with jitter); or dead (a permanent error, or too many
+attempts), where staff see it with its last error and can retry it (`run_bot.py outbox retry REF`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bot.ports import DeliveryError, Inbox, Letter
+from bot.store import Store
+
+log = logging.getLogger("rightsdesk.outbox")
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 8
+    first_delay: timedelta = timedelta(seconds=30)
+    max_delay: timedelta = timedelta(hours=6)
+
+
+@dataclass
+class Report:
+    delivered: list[dict] = field(default_factory=list)  # case rows that were delivered in this pass
+    retrying: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+
+
+def backoff(attempts: int, policy: Policy, rng: random.Random) -> timedelta:
+    """Exponential backoff with full jitter: a random delay up to first_delay * 2^(attempts-1), capped."""
+    ceiling = min(policy.max_delay.total_seconds(), policy.first_delay.total_seconds() * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=max(1.0, rng.uniform(ceiling / 2, ceiling)))
+
+
+class Outbox:
+    def __init__(self, store: Store, inboxes: Mapping[str, Inbox], policy: Policy | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.inboxes = inboxes
+        self.policy = policy or Policy()
+        self.rng = rng or random.Random()
+
+    def inbox_for(self, name: str) -> Inbox | None:
+        return self.inboxes.get(name) or self.inboxes.get("default")
+
+    async def deliver_due(self, now: datetime, limit: int = 100) -> Report:
+        """One pass: try every row that is due now (at most `limit`)."""
+        report = Report()
+        for row in self.store.due(now, limit):
+            ref = row["ref"]
+            inbox = self.inbox_for(row["inbox"])
+            attempts = row["attempts"] + 1
+            if inbox is None:
+                error = f"no inbox '{row['inbox']}' and no 'default' inbox in the config (add it under inboxes:)"
+                self.store.failed(ref, error, None, attempts, now)
+                report.dead.append(ref)
+                log.error("case delivery dead ref=%s: %s", ref, error)
+                continue
+            try:
+                receipt = await inbox.deliver(_letter(row))
+            except DeliveryError as exc:
+                dead = not exc.retryable or attempts >= self.policy.max_attempts
+                next_at = None if dead else now + backoff(attempts, self.policy, self.rng)
+                self.store.failed(ref, str(exc), next_at, attempts, now)
+                (report.dead if dead else report.retrying).append(ref)
+                log.log(logging.ERROR if dead else logging.WARNING, "case delivery %s ref=%s attempt=%d: %s",
+                        "dead" if dead else "failed", ref, attempts, exc)
+                continue
+            except Exception as exc:  # an adapter bug must not stop the other deliveries
+                log.exception("inbox adapter failed ref=%s", ref)
+                next_at = now + backoff(attempts, self.policy, self.rng)
+                dead = attempts >= self.policy.max_attempts
+                self.store.failed(ref, f"unexpected error: {exc!r}", None if dead else next_at, attempts, now)
+                (report.dead if dead else report.retrying).append(ref)
+                continue
+            self.store.delivered(ref, receipt, attempts, now)
+            report.delivered.append(row)
+            log.info("case delivered ref=%s inbox=%s", ref, row["inbox"])
+        return report
+
+
+def _letter(row: dict) -> Letter:
+    return Letter(
+        ref=row["ref"], subject=row["subject"] or row["ref"], body=row["letter"] or "", lang=row["lang"] or "",
+        flow=row["flow"], city=row["city"] or "", inbox=row["inbox"], filed_at=row["filed_at"],
+        deadline=row["deadline"], answers=json.loads(row["answers"] or "{}"),
+    )
