@@ -79,6 +79,8 @@ def handle(message: Incoming, state: State, brain: Brain) -> Outcome:
     text = _CONTROL.sub("", message.text).strip()
     turn = _Turn(brain, state, message)
     turn.notice_deadlines()
+    if message.kind != "text":
+        return turn.say(turn.t("not_text"), turn.state.offers)
     if len(text) > MAX_MESSAGE_CHARS:
         return turn.say(turn.t("too_long", limit=MAX_MESSAGE_CHARS), turn.state.offers)
     if not text:
@@ -219,6 +221,13 @@ class _Turn:
         name, _, arg = text.partition(" ")
         name = name.lower().split("@", 1)[0]  # Telegram appends @botname in groups
         arg = arg.strip()
+        if name == "/start" and arg:
+            # A deep link (t.me/bot?start=privacy.cctv, or start=flow-data-request) opens that entry or flow.
+            payload = arg.split()[0]
+            if payload in self.k.entries:
+                return self.act(f"faq:{payload}")
+            if payload.startswith("flow-") and payload[5:] in self.k.flows:
+                return self.act(f"flow:{payload[5:]}")
         if name == "/start":
             city = self.k.pick(self.k.city.name, self.lang)
             greeting = self.t("greeting", city=city)

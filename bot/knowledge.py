@@ -105,6 +105,7 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "overdue_complain": (),
         "overdue_complaint_text": ("ref", "flow", "filed", "deadline"),
         "delivered": ("ref",),
+        "not_text": (),
     }.items()
 }
 

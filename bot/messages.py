@@ -20,6 +20,7 @@ class Incoming:
     user: str  # channel-native id of the conversation, always str
     text: str
     at: datetime  # UTC, from the channel; the core reads no clock
+    kind: str = "text"  # "text", or "media" for a photo, sticker, voice note or file (the bot reads text only)
 
 
 @dataclass(frozen=True)
