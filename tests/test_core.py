@@ -134,3 +134,21 @@ def test_state_survives_a_json_round_trip(chat):
 
 def test_damaged_state_falls_back_to_defaults():
     assert State.from_json({"offers": [{"label": 1}], "why": "nonsense", "misses": None}) == State()
+
+
+def test_media_gets_a_kind_text_only_reply(chat, brain):
+    from datetime import UTC, datetime
+
+    from bot.core import handle
+    from bot.messages import Incoming
+
+    chat.say("/language es")
+    out = handle(Incoming("telegram", "1", "", datetime(2026, 11, 25, tzinfo=UTC), kind="media"), chat.state, brain)
+    assert out.replies[0].text == brain.knowledge.text("not_text", "es")
+
+
+def test_start_deep_links_open_an_entry_or_a_flow(chat, brain):
+    (reply,) = chat.say("/start privacy.cctv")
+    assert reply.text == brain.knowledge.entries["privacy.cctv"].answer["nl"]
+    chat.say("/start flow-foi-request")
+    assert chat.state.flow["id"] == "foi-request"
