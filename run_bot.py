@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 from collections import Counter, defaultdict
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("outbox", parents=[common], help="the delivery queue as a table; 'outbox retry REF'")
     ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
     ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
+    sub.add_parser("purge", parents=[common], help="forget on schedule: remove what is past its retention period")
+    sub.add_parser("rekey", parents=[common], help="re-encrypt stored personal data with the first key (rotation)")
     case = sub.add_parser("case", parents=[common], help="a case, its letter and its delivery history")
     case.add_argument("ref", help="the case reference, e.g. AMS-DR-7Q4K2")
     case.add_argument("--answered", action="store_true", help="record that the city answered (no more reminders)")
@@ -88,13 +91,21 @@ class App:
             raise UsageError(f"--knowledge {self.knowledge_dir}: no such folder (point it at a folder with common/)")
         return knowledgelib.load(self.knowledge_dir, self.city)
 
-    def brain(self) -> Brain:
-        return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days))
+    def brain(self, rate_limit: int | None = 20) -> Brain:
+        return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days, rate_limit=rate_limit))
 
     def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database
+        from bot.cipher import ENV, Cipher, CipherError
         from bot.store import Store
 
-        return Store(self.data_dir / DB_NAME)
+        try:
+            cipher = Cipher.from_environment(os.environ)
+        except CipherError as exc:
+            raise UsageError(str(exc)) from None
+        if not cipher.enabled:
+            logging.getLogger("rightsdesk").warning(
+                "personal data is stored unencrypted: set %s to a Fernet key to encrypt it (docs/privacy.md)", ENV)
+        return Store(self.data_dir / DB_NAME, cipher)
 
     def outbox(self, store):  # noqa: ANN001, ANN201
         from bot.outbox import Outbox
@@ -127,7 +138,8 @@ def cmd_chat(app: App) -> int:
 
     store = app.store()
     console = Console(json_lines=app.args.json, user=app.args.user)
-    runtime = Runtime(app.brain(), store, app.outbox(store), {console.name: console})
+    # The console is the operator's own terminal (or a script): no rate limit there.
+    runtime = Runtime(app.brain(rate_limit=None), store, app.outbox(store), {console.name: console})
 
     async def on_message(message):  # noqa: ANN001, ANN202
         await runtime.on_message(console, message)
@@ -346,7 +358,23 @@ def cmd_case(app: App) -> int:
     return 0
 
 
+def cmd_purge(app: App) -> int:
+    counts = app.store().purge(datetime.now(UTC), timedelta(days=app.config.retention_days))
+    print(f"purged (older than {app.config.retention_days} days): "
+          + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
+    return 0
+
+
+def cmd_rekey(app: App) -> int:
+    store = app.store()
+    if not store.cipher.enabled:
+        raise UsageError("rekey: RIGHTSDESK_KEYS is not set (the first key encrypts; keep old keys after it)")
+    print(f"re-encrypted {store.rekey()} value(s) with the first key; old keys may now be removed")
+    return 0
+
+
 COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval, "unanswered": cmd_unanswered,
+            "purge": cmd_purge, "rekey": cmd_rekey,
             "deliver": cmd_deliver, "outbox": cmd_outbox, "case": cmd_case}
 
 

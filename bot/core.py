@@ -31,7 +31,9 @@ from bot.messages import (
     CaseFiled,
     CaseInfo,
     Effect,
+    Export,
     Field,
+    Forget,
     Incoming,
     Offer,
     Outcome,
@@ -40,6 +42,7 @@ from bot.messages import (
     Unanswered,
     Why,
 )
+from bot.privacy import mask
 
 MAX_MESSAGE_CHARS = 4000  # a resident's question fits easily; 100 kB pastes get a kind refusal, not a parse
 MAX_RELATED = 2  # follow-up buttons after an answer, besides the flow and the menu
@@ -50,6 +53,7 @@ MAX_STATUS_LINES = 10
 REF_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: references are read aloud and retyped
 REF_LENGTH = 5  # 31^5 = 28.6 million per city and flow
 LETTER_SEPARATOR = "-" * 40
+RATE_WINDOW = timedelta(minutes=1)
 QUESTION_WORDS = 4  # a mistyped answer of this many words may be a question: try the FAQ before correcting
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\ufeff]")
 
@@ -59,6 +63,7 @@ class Policy:
     """Deployment choices the core needs (defaults are the embedded demo's)."""
 
     retention_days: int = 30
+    rate_limit: int | None = 20  # messages per minute per resident; None: no limit (the local console)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ def handle(message: Incoming, state: State, brain: Brain) -> Outcome:
     """Decide what to answer to one message, and what to remember and do."""
     text = _CONTROL.sub("", message.text).strip()
     turn = _Turn(brain, state, message)
+    if turn.over_rate_limit():
+        # Past the limit no work is done: one kind "slow down" per window, then silence (GDPR Art. 32: abuse).
+        if state.throttled:
+            return Outcome(turn.state, (), ())
+        return turn.say(turn.t("slow_down"), state.offers, throttled=True)
     turn.notice_deadlines()
     if message.kind != "text":
         return turn.say(turn.t("not_text"), turn.state.offers)
@@ -119,6 +129,13 @@ def _chosen(text: str, state: State) -> str | None:
     return None
 
 
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def make_ref(city_code: str, flow_code: str, *parts: str) -> str:
     """A reference residents can read aloud: no 0/O, 1/I/L; derived from its inputs (the core draws no chance)."""
     digest = int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "big")
@@ -142,6 +159,19 @@ class _Turn:
         self.pre: list[Reply] = []  # replies that go before the answer (a deadline that passed)
         self.notice_offers: list[Offer] = []  # the choices those replies offer
         self.today = message.at.astimezone(ZoneInfo(self.k.city.timezone)).date()
+
+    def over_rate_limit(self) -> bool:
+        """Count this message; whether the resident sent more than the policy's limit within RATE_WINDOW (a person
+        typing never gets near it; a script or an attacker does)."""
+        limit = self.brain.policy.rate_limit
+        if limit is None:
+            return False
+        since = self.message.at - RATE_WINDOW
+        recent = [t for t in self.state.recent if (when := _parse_time(t)) and when > since]
+        recent.append(self.message.at.isoformat())
+        over = len(recent) > limit
+        self.state = self.state.but(recent=tuple(recent[-(limit + 1):]), throttled=self.state.throttled and over)
+        return over
 
     # -- composing --------------------------------------------------------------------------------------------
 
@@ -205,6 +235,15 @@ class _Turn:
             return self.letter(arg)
         if kind == "none":
             return self.dont_know(None)
+        if kind == "forget":
+            if arg != "yes":
+                return self.say(self.t("forget_kept"), self.menu_offers())
+            # Erase (GDPR Art. 17): the store deletes this conversation; the resident starts afresh.
+            self.effects.append(Forget())
+            delivered = sum(1 for c in self.state.cases if c.status in ("delivered", "answered"))
+            self.state = State(lang=self.state.lang)
+            text = self.t("forget_done") + ("\n" + self.t("forget_delivered", count=delivered) if delivered else "")
+            return self.say(text, self.menu_offers())
         return self.menu()
 
     def after(self, text: str, offers: tuple[Offer, ...] = (), **changes: object) -> Outcome:
@@ -258,6 +297,12 @@ class _Turn:
             return self.letter(arg)
         if name == "/extended":
             return self.extended(arg)
+        if name == "/mydata":
+            self.effects.append(Export())
+            return self.after(self.t("mydata"), self.menu_offers())
+        if name == "/forget":
+            offers = (Offer(self.t("forget_yes"), "forget:yes"), Offer(self.t("forget_no"), "forget:no"))
+            return self.say(self.t("forget_confirm"), offers)
         return self.after(self.t("unknown_command", command=name[:40]), self.menu_offers())
 
     def _language_named(self, arg: str) -> str | None:
@@ -323,7 +368,8 @@ class _Turn:
 
     def dont_know(self, text: str | None) -> Outcome:
         if text is not None:
-            self.effects.append(Unanswered(text[:500], self.lang))
+            # Kept for staff to improve the FAQ: text and language only, with contact and ID numbers masked.
+            self.effects.append(Unanswered(mask(text[:500]), self.lang))
         offers = (Offer(self.t("choice_menu"), "menu"), Offer(self.t("choice_person"), "flow:handoff"))
         offers = tuple(o for o in offers if o.action != "flow:handoff" or "handoff" in self.k.flows)
         return self.say(self.t("dont_know"), offers, misses=self.state.misses + 1)

@@ -106,6 +106,15 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "overdue_complaint_text": ("ref", "flow", "filed", "deadline"),
         "delivered": ("ref",),
         "not_text": (),
+        "slow_down": (),
+        "mydata": (),
+        "mydata_summary": ("language", "messages", "cases", "retention_days"),
+        "forget_confirm": (),
+        "forget_yes": (),
+        "forget_no": (),
+        "forget_kept": (),
+        "forget_done": (),
+        "forget_delivered": ("count",),
     }.items()
 }
 

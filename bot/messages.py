@@ -83,6 +83,8 @@ class State:
     misses: int = 0  # "I don't know" answers in a row
     flow: dict[str, Any] | None = None  # the flow in progress (see bot.core), plain JSON values
     cases: tuple[CaseInfo, ...] = ()  # the resident's cases: read from the cases table, never stored here
+    recent: tuple[str, ...] = ()  # times of the resident's last messages, for the rate limit
+    throttled: bool = False  # told to slow down in the current window
     version: int = 1
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +120,8 @@ class State:
             misses=int(data.get("misses") or 0),
             flow=flow if isinstance(flow, dict) else None,
             cases=cases,
+            recent=tuple(str(t) for t in data.get("recent") or () if isinstance(t, str)),
+            throttled=bool(data.get("throttled", False)),
         )
 
     def but(self, **changes: Any) -> State:
@@ -167,7 +171,17 @@ class CaseChanged:
     reminded: str | None = None
 
 
-Effect = Unanswered | CaseFiled | CaseChanged
+@dataclass(frozen=True)
+class Forget:
+    """Effect: erase everything held about this resident (GDPR Art. 17); delivered cases keep ref and status."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """Effect: send the resident everything held about them (GDPR Art. 15), after this message is committed."""
+
+
+Effect = Unanswered | CaseFiled | CaseChanged | Forget | Export
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ replies. A reply is sent only after what it reports is committed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
 
 from bot.core import Brain, handle
-from bot.messages import CaseFiled, Incoming, Outcome, Reply
+from bot.messages import CaseFiled, Export, Forget, Incoming, Outcome, Reply, State
 from bot.outbox import Outbox, Report
 from bot.ports import Channel, SendError
 from bot.store import Store
@@ -49,8 +50,30 @@ class Runtime:
             outcome = self.process(message)
             for reply in outcome.replies:
                 await channel.send(message.user, reply)
+            if any(isinstance(e, Forget) for e in outcome.effects):
+                self.store.compact()  # erased rows must leave the file and its log, not only the tables
+            if any(isinstance(e, Export) for e in outcome.effects):
+                await self.send_export(channel, message.user, outcome.state)
         if self.outbox is not None and any(isinstance(e, CaseFiled) for e in outcome.effects):
-            await self.deliver()  # a new case goes out at once; the scheduled pass retries what fails
+            # A new case goes out at once; the scheduled pass retries what fails. The message's own time counts
+            # as now at the least, so that a case is never "not yet due" for a clock a little behind the channel's.
+            await self.deliver(max(datetime.now(UTC), message.at))
+
+    async def send_export(self, channel: Channel, user: str, state: State) -> None:
+        """Send everything held about the resident: a summary, then the data as a JSON file (or message)."""
+        data = self.store.export(channel.name, user)
+        k = self.brain.knowledge
+        lang = state.lang or state.last_lang or k.languages[0]
+        summary = k.text("mydata_summary", lang, language=k.text("language_name", lang),
+                         messages=len(data["conversation"]), cases=len(data["cases"]),
+                         retention_days=self.brain.policy.retention_days)
+        body = json.dumps(data, ensure_ascii=False, indent=2)
+        await channel.send(user, Reply(summary))
+        send_file = getattr(channel, "send_file", None)
+        if send_file is not None:
+            await send_file(user, "my-data.json", body.encode())
+        else:
+            await channel.send(user, Reply(body))
 
     async def deliver(self, now: datetime | None = None) -> Report | None:
         """One outbox pass; tell each resident whose case was delivered (GDPR Art. 12: keep them informed)."""

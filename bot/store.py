@@ -11,12 +11,13 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
 
-from bot.messages import Case, CaseChanged, CaseFiled, CaseInfo, Incoming, Outcome, State, Unanswered
+from bot.cipher import Cipher
+from bot.messages import Case, CaseChanged, CaseFiled, CaseInfo, Forget, Incoming, Outcome, State, Unanswered
 from bot.ports import Receipt
 
 
@@ -66,13 +67,16 @@ def _v2(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
+MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
+SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
 
 
 class Store:
     """A SQLite file holding everything the bot remembers."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, cipher: Cipher | None = None) -> None:
         self.path = Path(path)
+        self.cipher = cipher or Cipher()
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -82,6 +86,8 @@ class Store:
         # FULL: a reply that says "saved" must survive a power cut, not only a crash of this process.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        # Deleted content is overwritten, not left in free pages: /forget must leave nothing to recover (Art. 17).
+        self.db.execute("PRAGMA secure_delete=ON")
         self._migrate()
 
     def _migrate(self) -> None:
@@ -119,7 +125,7 @@ class Store:
         state = State()
         if row is not None:
             with contextlib.suppress(ValueError, TypeError):  # a damaged row must not lock a resident out
-                state = State.from_json(json.loads(row[0]))
+                state = State.from_json(json.loads(self.cipher.open(row[0]) or "{}"))
         return state.but(cases=self.cases_of(channel, user))
 
     def cases_of(self, channel: str, user: str) -> tuple[CaseInfo, ...]:
@@ -130,7 +136,7 @@ class Store:
         ).fetchall()
         return tuple(
             CaseInfo(ref=r[0], flow=r[1], filed=r[2], deadline=r[3], status=r[4], extended=bool(r[5]),
-                     reminded=r[6], rule=r[7], letter=r[8] or "")
+                     reminded=r[6], rule=r[7], letter=self.cipher.open(r[8]) or "")
             for r in reversed(rows)
         )
 
@@ -142,15 +148,20 @@ class Store:
                 {
                     "channel": message.channel,
                     "user": message.user,
-                    "state": json.dumps(outcome.state.to_json(), ensure_ascii=False),
+                    "state": self.cipher.seal(json.dumps(outcome.state.to_json(), ensure_ascii=False)),
                     "updated_at": at,
                 },
                 pk=("channel", "user"),
             )
+            if any(isinstance(e, Forget) for e in outcome.effects):
+                self._forget(message.channel, message.user, at)
+                return
+            seal = self.cipher.seal
             rows = [{"channel": message.channel, "user": message.user, "at": at, "direction": "in",
-                     "text": message.text}]
+                     "text": seal(message.text[:MAX_KEPT_TEXT])}]
             rows += [
-                {"channel": message.channel, "user": message.user, "at": at, "direction": "out", "text": r.text}
+                {"channel": message.channel, "user": message.user, "at": at, "direction": "out",
+                 "text": seal(r.text)}
                 for r in outcome.replies
             ]
             self.db["transcript"].insert_all(rows)
@@ -166,8 +177,9 @@ class Store:
         self.db["cases"].insert({
             "ref": case.ref, "channel": message.channel, "user": message.user, "flow": case.flow,
             "city": case.city, "lang": case.lang, "filed_at": _iso(case.filed_at), "filed": at[:10],
-            "answers": json.dumps(dict(case.answers), ensure_ascii=False), "subject": case.subject,
-            "letter": case.letter, "resident_letter": case.resident_letter, "inbox": case.inbox,
+            "answers": self.cipher.seal(json.dumps(dict(case.answers), ensure_ascii=False)),
+            "subject": self.cipher.seal(case.subject), "letter": self.cipher.seal(case.letter),
+            "resident_letter": self.cipher.seal(case.resident_letter), "inbox": case.inbox,
             "deadline": case.deadline.isoformat() if case.deadline else None, "rule": case.rule,
             "status": "submitted", "extended": 0,
         })
@@ -190,11 +202,100 @@ class Store:
     def _event(self, ref: str, at: str, event: str, detail: str) -> None:
         self.db["case_events"].insert({"ref": ref, "at": at, "event": event, "detail": detail})
 
+    # -- the resident's rights: erasure and access ----------------------------------------------------------------
+
+    def _forget(self, channel: str, user: str, at: str) -> None:
+        """Erase a resident (GDPR Art. 17). Cases the city already received stay with the city: here they keep only
+        reference, status and dates. Called inside the message's transaction."""
+        self.db.execute("DELETE FROM conversations WHERE channel = ? AND user = ?", [channel, user])
+        self.db.execute("DELETE FROM transcript WHERE channel = ? AND user = ?", [channel, user])
+        refs = self.db.execute(
+            "SELECT c.ref, o.status FROM cases c LEFT JOIN outbox o ON o.ref = c.ref "
+            "WHERE c.channel = ? AND c.user = ?", [channel, user]).fetchall()
+        for ref, delivery in refs:
+            if delivery == "delivered":
+                self.db.execute(
+                    "UPDATE cases SET channel = '', user = '', answers = NULL, subject = NULL, letter = NULL, "
+                    "resident_letter = NULL WHERE ref = ?", [ref])
+                self._event(ref, at, "erased", "the resident's data erased; the city keeps its copy")
+            else:  # not yet sent: nothing has left the bot, so nothing is kept
+                for table in ("outbox", "case_events", "cases"):
+                    self.db.execute(f"DELETE FROM {table} WHERE ref = ?", [ref])
+
+    def compact(self) -> None:
+        """Move everything out of the write-ahead log and drop free pages, so erased data leaves the files."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def export(self, channel: str, user: str) -> dict:
+        """Everything held about a resident, readable (GDPR Art. 15 and 20)."""
+        state = self.load_state(channel, user)
+        transcript = [
+            {"at": r[0], "from": "you" if r[1] == "in" else "bot", "text": self.cipher.open(r[2])}
+            for r in self.db.execute("SELECT at, direction, text FROM transcript WHERE channel = ? AND user = ? "
+                                     "ORDER BY id", [channel, user])
+        ]
+        cases = []
+        for row in self.db["cases"].rows_where("channel = ? AND user = ?", [channel, user], order_by="filed_at"):
+            row = self._opened(row)
+            cases.append({
+                "ref": row["ref"], "flow": row["flow"], "filed_at": row["filed_at"], "deadline": row["deadline"],
+                "status": row["status"], "extended": bool(row["extended"]),
+                "answers": json.loads(row["answers"] or "{}"), "letter": row["letter"],
+                "deliveries": [dict(r) for r in self.db["outbox"].rows_where("ref = ?", [row["ref"]])],
+                "history": self.case_history(row["ref"]),
+            })
+        profile = {"channel": channel, "id": user, "language": state.lang or state.last_lang}
+        return {"profile": profile, "conversation": transcript, "cases": cases,
+                "flow_in_progress": state.flow}
+
+    def purge(self, now: datetime, retention: timedelta) -> dict[str, int]:
+        """Forget on schedule: transcripts, unanswered questions and idle conversations older than `retention`,
+        and the answers and letters of cases delivered more than `retention` ago (the city has them)."""
+        cutoff = _iso(now - retention)
+        counts = {}
+        with self.transaction():
+            counts["transcript"] = self.db.execute("DELETE FROM transcript WHERE at < ?", [cutoff]).rowcount
+            counts["unanswered"] = self.db.execute("DELETE FROM unanswered WHERE at < ?", [cutoff]).rowcount
+            counts["conversations"] = self.db.execute(
+                "DELETE FROM conversations WHERE updated_at < ?", [cutoff]).rowcount
+            counts["case_answers"] = self.db.execute(
+                "UPDATE cases SET answers = NULL, letter = NULL, resident_letter = NULL WHERE answers IS NOT NULL "
+                "AND ref IN (SELECT ref FROM outbox WHERE status = 'delivered' AND delivered_at < ?)",
+                [cutoff]).rowcount
+        self.compact()
+        return counts
+
+    def rekey(self) -> int:
+        """Re-encrypt every sealed value with the first key (key rotation); returns how many values changed."""
+        n = 0
+        with self.transaction():
+            for table, key, columns in (("conversations", ("channel", "user"), ("state",)),
+                                        ("transcript", ("id",), ("text",)),
+                                        ("cases", ("ref",), SEALED_CASE_COLUMNS)):
+                for row in self.db[table].rows:
+                    changes = {c: self.cipher.reseal(row[c]) for c in columns if row[c] is not None}
+                    if changes:
+                        where = " AND ".join(f"{k} = ?" for k in key)
+                        sets = ", ".join(f"{c} = ?" for c in changes)
+                        self.db.execute(f"UPDATE {table} SET {sets} WHERE {where}",
+                                        [*changes.values(), *(row[k] for k in key)])
+                        n += len(changes)
+        self.compact()
+        return n
+
     # -- cases for staff and the outbox --------------------------------------------------------------------------
 
     def case(self, ref: str) -> dict | None:
         rows = list(self.db["cases"].rows_where("ref = ?", [ref.strip().upper()]))
-        return rows[0] if rows else None
+        return self._opened(rows[0]) if rows else None
+
+    def _opened(self, row: dict) -> dict:
+        for key in SEALED_CASE_COLUMNS:
+            if key in row:
+                row[key] = self.cipher.open(row[key])
+        return row
 
     def case_history(self, ref: str) -> list[dict]:
         return list(self.db["case_events"].rows_where("ref = ?", [ref], order_by="id"))
@@ -208,7 +309,7 @@ class Store:
         )
         cursor = self.db.execute(sql, [_iso(now), limit])
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return [self._opened(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     def delivered(self, ref: str, receipt: Receipt, attempts: int, now: datetime) -> None:
         at = _iso(now)
