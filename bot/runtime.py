@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from bot.core import Brain, handle
+from bot.core import Brain, handle, remind
 from bot.messages import CaseFiled, Export, Forget, Incoming, Outcome, Reply, State
 from bot.outbox import Outbox, Report
 from bot.ports import Channel, SendError
+from bot.privacy import pseudonym
 from bot.store import Store
 
 log = logging.getLogger("rightsdesk.runtime")
@@ -29,18 +33,51 @@ class Runtime:
         self.outbox = outbox
         self.channels = channels or {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Logs name residents by a keyed hash only (GDPR Art. 32); a fixed salt keeps tokens stable across restarts.
+        self.salt = (os.environ.get("RIGHTSDESK_LOG_SALT") or secrets.token_hex(16)).encode()
+
+    async def remind(self, now: datetime) -> int:
+        """Scheduled job: tell residents who have not written that a deadline passed (once per case and deadline).
+        Returns how many residents were told."""
+        told = 0
+        for channel_name, user in self.store.overdue_conversations(now, self.brain.knowledge.city.timezone):
+            channel = self.channels.get(channel_name)
+            if channel is None:
+                continue
+            async with self._locks[(channel_name, user)]:
+                state = self.store.load_state(channel_name, user)
+                outcome = remind(state, now, self.brain, channel_name, user)
+                if outcome is None:
+                    continue
+                self.store.commit(Incoming(channel_name, user, "", now, kind="system"), outcome)
+                for reply in outcome.replies:
+                    try:
+                        await channel.send(user, reply)
+                    except SendError as exc:
+                        log.warning("could not send a deadline reminder user=%s: %s", self.pseudonym(user), exc)
+                told += 1
+        return told
+
+    def pseudonym(self, user: str) -> str:
+        return pseudonym(user, self.salt)
 
     def process(self, message: Incoming) -> Outcome:
         """Handle one message and commit its effects; on a bug, answer kindly and keep nothing half-done."""
+        started = time.perf_counter()
         state = self.store.load_state(message.channel, message.user)
         try:
             outcome = handle(message, state, self.brain)
-        except Exception:
-            # A bug in the rules must never show a traceback to a resident, nor lose what was kept before.
-            log.exception("core failed on a message (channel=%s)", message.channel)
+        except Exception as exc:
+            # A bug in the rules must never show a traceback to a resident, nor lose what was kept before. The log
+            # names the error type and place, never the message (its text may hold personal data).
+            log.error("core failed channel=%s user=%s error=%s", message.channel, self.pseudonym(message.user),
+                      type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             lang = state.lang or state.last_lang or self.brain.knowledge.languages[0]
             return Outcome(state, (Reply(self.brain.knowledge.text("error", lang)),))
         self.store.commit(message, outcome)
+        log.info("message handled channel=%s user=%s replies=%d effects=%s ms=%.1f", message.channel,
+                 self.pseudonym(message.user), len(outcome.replies),
+                 ",".join(type(e).__name__ for e in outcome.effects) or "-", (time.perf_counter() - started) * 1000)
         return outcome
 
     async def on_message(self, channel: Channel, message: Incoming) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -157,8 +158,9 @@ class Store:
                 self._forget(message.channel, message.user, at)
                 return
             seal = self.cipher.seal
-            rows = [{"channel": message.channel, "user": message.user, "at": at, "direction": "in",
-                     "text": seal(message.text[:MAX_KEPT_TEXT])}]
+            rows = [] if message.kind == "system" else [
+                {"channel": message.channel, "user": message.user, "at": at, "direction": "in",
+                 "text": seal(message.text[:MAX_KEPT_TEXT])}]
             rows += [
                 {"channel": message.channel, "user": message.user, "at": at, "direction": "out",
                  "text": seal(r.text)}
@@ -356,6 +358,13 @@ class Store:
         cursor = self.db.execute(sql + " ORDER BY o.id", args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def overdue_conversations(self, now: datetime, timezone: str) -> list[tuple[str, str]]:
+        """Conversations with a case whose deadline passed unanswered and that were not told yet."""
+        today = now.astimezone(ZoneInfo(timezone)).date().isoformat()
+        return [tuple(r) for r in self.db.execute(
+            "SELECT DISTINCT channel, user FROM cases WHERE deadline < ? AND status != 'answered' "
+            "AND (reminded IS NULL OR reminded != deadline) AND user != ''", [today]).fetchall()]
 
     def mark_answered(self, ref: str, at: datetime) -> bool:
         with self.transaction():
