@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("outbox", parents=[common], help="the delivery queue as a table; 'outbox retry REF'")
     ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
     ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
+    sub.add_parser("serve", parents=[common], help="run the configured channels, the outbox and scheduled jobs")
     sub.add_parser("purge", parents=[common], help="forget on schedule: remove what is past its retention period")
     sub.add_parser("rekey", parents=[common], help="re-encrypt stored personal data with the first key (rotation)")
     case = sub.add_parser("case", parents=[common], help="a case, its letter and its delivery history")
@@ -115,18 +116,29 @@ class App:
 
 def build_inboxes(settings: dict, data_dir: Path) -> dict:
     """Inbox adapters by name from the config's `inboxes:`; without any, every case goes to files in --data."""
-    from adapters.inboxes.file import FileInbox
+    from adapters.inboxes.registry import build
 
-    if not settings:
-        return {"default": FileInbox(data_dir / "outbox")}
-    kinds = {"file": lambda s: FileInbox(Path(s.get("dir") or data_dir / "outbox"))}
-    inboxes = {}
+    return build(settings, data_dir)
+
+
+def build_channels(settings: dict, data_dir: Path) -> dict:
+    """Channel adapters by name from the config's `channels:` (a plain dict: no plugin discovery)."""
+    from adapters.matrix import MatrixChannel
+    from adapters.telegram import TelegramChannel
+
+    kinds = {"telegram": TelegramChannel, "matrix": MatrixChannel}
+    channels, problems = {}, []
     for name, spec in settings.items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind not in kinds:
-            raise UsageError(f"inboxes.{name}.type: {kind!r} is not a known inbox type (known: {', '.join(kinds)})")
-        inboxes[name] = kinds[kind](spec)
-    return inboxes
+        if name not in kinds:
+            problems.append(f"channels.{name}: unknown channel (known: {', '.join(kinds)})")
+            continue
+        try:
+            channels[name] = kinds[name].from_settings(spec or {}, data_dir)
+        except configlib.ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise configlib.ConfigError("\n".join(problems))
+    return channels
 
 
 # -- commands ---------------------------------------------------------------------------------------------------
@@ -358,6 +370,22 @@ def cmd_case(app: App) -> int:
     return 0
 
 
+def cmd_serve(app: App) -> int:
+    from bot.runtime import Runtime
+    from bot.service import serve
+
+    if not app.config.channels:
+        raise UsageError("serve: the config has no channels (add channels: telegram or matrix, see docs/deploy.md);"
+                         " to try the bot in this terminal, use 'run_bot.py chat'")
+    channels = build_channels(dict(app.config.channels), app.data_dir)
+    store = app.store()
+    runtime = Runtime(app.brain(), store, app.outbox(store), channels)
+    try:
+        return asyncio.run(serve(runtime, list(channels.values()), app.config))
+    finally:
+        store.close()
+
+
 def cmd_purge(app: App) -> int:
     counts = app.store().purge(datetime.now(UTC), timedelta(days=app.config.retention_days))
     print(f"purged (older than {app.config.retention_days} days): "
@@ -374,12 +402,14 @@ def cmd_rekey(app: App) -> int:
 
 
 COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval, "unanswered": cmd_unanswered,
-            "purge": cmd_purge, "rekey": cmd_rekey,
+            "serve": cmd_serve, "purge": cmd_purge, "rekey": cmd_rekey,
             "deliver": cmd_deliver, "outbox": cmd_outbox, "case": cmd_case}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    level = os.environ.get("RIGHTSDESK_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
