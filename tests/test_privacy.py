@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from adapters.inboxes.file import FileInbox
 from bot.cipher import Cipher, CipherError
 from bot.messages import Incoming, Reply
 from bot.outbox import Outbox
 from bot.privacy import mask
 from bot.runtime import Runtime
 from bot.store import Store
-
-from adapters.inboxes.file import FileInbox
 
 from .conftest import brain_for
 
