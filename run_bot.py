@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusions", type=int, default=10, help="how many worst confusions to list (default 10)")
     un = sub.add_parser("unanswered", parents=[common], help="questions the bot could not answer, grouped")
     un.add_argument("--since", default="30d", help="how far back: 7d, 24h, or a date YYYY-MM-DD (default 30d)")
-    sub.add_parser("deliver", parents=[common], help="one delivery pass; exit 1 if anything is left pending or dead")
+    dl = sub.add_parser("deliver", parents=[common],
+                        help="one delivery pass; exit 1 if anything is left pending or dead")
+    dl.add_argument("--now", action="store_true", help="also try pending cases whose next attempt is not due yet "
+                    "(after an inbox outage is fixed)")
     ob = sub.add_parser("outbox", parents=[common], help="the delivery queue as a table; 'outbox retry REF'")
     ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
     ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
@@ -95,6 +98,9 @@ class App:
     def brain(self, rate_limit: int | None = 20) -> Brain:
         return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days, rate_limit=rate_limit))
 
+    def configured_brain(self) -> Brain:
+        return self.brain(rate_limit=self.config.rate_limit)
+
     def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database
         from bot.cipher import ENV, Cipher, CipherError
         from bot.store import Store
@@ -109,9 +115,10 @@ class App:
         return Store(self.data_dir / DB_NAME, cipher)
 
     def outbox(self, store):  # noqa: ANN001, ANN201
-        from bot.outbox import Outbox
+        from bot.outbox import Outbox, Policy
 
-        return Outbox(store, build_inboxes(self.config.inboxes, self.data_dir))
+        return Outbox(store, build_inboxes(dict(self.config.inboxes), self.data_dir),
+                      Policy.of(self.config.delivery))
 
 
 def build_inboxes(settings: dict, data_dir: Path) -> dict:
@@ -318,6 +325,8 @@ def cmd_unanswered(app: App) -> int:
 
 def cmd_deliver(app: App) -> int:
     store = app.store()
+    if app.args.now:
+        store.due_now(datetime.now(UTC))
     report = asyncio.run(app.outbox(store).deliver_due(datetime.now(UTC)))
     left = store.outbox("pending") + store.outbox("dead")
     print(f"delivered {len(report.delivered)}, retrying {len(report.retrying)}, dead {len(report.dead)}; "
@@ -343,6 +352,9 @@ def cmd_outbox(app: App) -> int:
               f"{r['last_error'] or ''}")
     counts = Counter(r["status"] for r in store.outbox())
     print(f"pending {counts['pending']}, delivered {counts['delivered']}, dead {counts['dead']}")
+    problems = app.outbox(store).health(datetime.now(UTC))
+    for problem in problems:
+        print(f"ALERT: {problem}")
     return 0
 
 
@@ -379,7 +391,7 @@ def cmd_serve(app: App) -> int:
                          " to try the bot in this terminal, use 'run_bot.py chat'")
     channels = build_channels(dict(app.config.channels), app.data_dir)
     store = app.store()
-    runtime = Runtime(app.brain(), store, app.outbox(store), channels)
+    runtime = Runtime(app.configured_brain(), store, app.outbox(store), channels)
     try:
         return asyncio.run(serve(runtime, list(channels.values()), app.config))
     finally:

@@ -16,7 +16,8 @@ from typing import Any
 from bot.yamlfile import LineDict, Problem, read
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-KEYS = {"city", "data", "knowledge", "retention_days", "channels", "inboxes", "helpdesk"}
+KEYS = {"city", "data", "knowledge", "retention_days", "rate_limit", "delivery", "channels", "inboxes", "helpdesk"}
+DELIVERY_KEYS = {"max_attempts", "first_delay_seconds", "max_delay_seconds", "alert_after_minutes"}
 
 
 class ConfigError(Exception):
@@ -29,6 +30,8 @@ class Config:
     data: Path = Path("data")
     knowledge: Path | None = None
     retention_days: int = 30
+    rate_limit: int | None = 20
+    delivery: Mapping[str, int] = field(default_factory=dict)
     channels: Mapping[str, Any] = field(default_factory=dict)
     inboxes: Mapping[str, Any] = field(default_factory=dict)
     helpdesk: Mapping[str, Any] | None = None
@@ -61,6 +64,19 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
     if not isinstance(retention, int) or isinstance(retention, bool) or retention < 1:
         errors.append(f"{shown}: retention_days: {retention!r} is not a whole number of days (e.g. 30)")
         retention = 30
+    rate_limit = data.get("rate_limit", 20)
+    if rate_limit is not None and (not isinstance(rate_limit, int) or isinstance(rate_limit, bool) or rate_limit < 1):
+        errors.append(f"{shown}: rate_limit: {rate_limit!r} is not a whole number of messages per minute (e.g. 20)")
+        rate_limit = 20
+    delivery = data.get("delivery") or {}
+    if not isinstance(delivery, dict):
+        errors.append(f"{shown}: delivery: must be a mapping (keys: {', '.join(sorted(DELIVERY_KEYS))})")
+        delivery = {}
+    for key, value in delivery.items():
+        if key not in DELIVERY_KEYS:
+            errors.append(f"{shown}: delivery.{key}: unknown key (known: {', '.join(sorted(DELIVERY_KEYS))})")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(f"{shown}: delivery.{key}: {value!r} is not a positive whole number")
     for key in ("channels", "inboxes"):
         if key in data and not isinstance(data[key], dict):
             errors.append(f"{shown}: {key}: must be a mapping of names to settings (see docs/deploy.md)")
@@ -72,6 +88,8 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
         data=(base / str(data["data"])) if data.get("data") else Path("data"),
         knowledge=(base / str(data["knowledge"])) if data.get("knowledge") else None,
         retention_days=retention,
+        rate_limit=rate_limit,
+        delivery={k: v for k, v in delivery.items() if k in DELIVERY_KEYS},
         channels=data.get("channels") or {},
         inboxes=data.get("inboxes") or {},
         helpdesk=data.get("helpdesk"),

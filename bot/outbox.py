@@ -26,6 +26,18 @@ class Policy:
     max_attempts: int = 8
     first_delay: timedelta = timedelta(seconds=30)
     max_delay: timedelta = timedelta(hours=6)
+    alert_after: timedelta = timedelta(hours=1)  # a pending case older than this is a backlog to report
+
+    @classmethod
+    def of(cls, settings: Mapping[str, int]) -> Policy:
+        """From the config's `delivery:` keys (docs/deploy.md)."""
+        d = cls()
+        return cls(
+            max_attempts=settings.get("max_attempts", d.max_attempts),
+            first_delay=timedelta(seconds=settings.get("first_delay_seconds", d.first_delay.total_seconds())),
+            max_delay=timedelta(seconds=settings.get("max_delay_seconds", d.max_delay.total_seconds())),
+            alert_after=timedelta(minutes=settings.get("alert_after_minutes", d.alert_after.total_seconds() / 60)),
+        )
 
 
 @dataclass
@@ -51,6 +63,22 @@ class Outbox:
 
     def inbox_for(self, name: str) -> Inbox | None:
         return self.inboxes.get(name) or self.inboxes.get("default")
+
+    def health(self, now: datetime) -> list[str]:
+        """Problems staff must act on: dead deliveries, and pending ones older than the alert age. Each is also
+        logged as an error, so that a log-based alert fires."""
+        problems = []
+        for row in self.store.outbox("dead"):
+            problems.append(f"{row['ref']} is dead after {row['attempts']} attempt(s): {row['last_error']} "
+                            f"(fix the inbox, then 'run_bot.py outbox retry {row['ref']}')")
+        cutoff = now - self.policy.alert_after
+        for row in self.store.outbox("pending"):
+            if datetime.fromisoformat(row["created_at"]) < cutoff:
+                problems.append(f"{row['ref']} has waited since {row['created_at']} ({row['attempts']} attempt(s); "
+                                f"last error: {row['last_error'] or 'none'})")
+        for problem in problems:
+            log.error("outbox health: %s", problem)
+        return problems
 
     async def deliver_due(self, now: datetime, limit: int = 100) -> Report:
         """One pass: try every row that is due now (at most `limit`)."""

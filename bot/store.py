@@ -337,6 +337,11 @@ class Store:
             )
             self._event(ref, at, "dead" if next_at is None else "retry", error[:500])
 
+    def due_now(self, now: datetime) -> int:
+        """Make every pending delivery due now (staff, after an inbox outage is fixed)."""
+        with self.transaction():
+            return self.db.execute("UPDATE outbox SET next_at = ? WHERE status = 'pending'", [_iso(now)]).rowcount
+
     def retry(self, ref: str, now: datetime) -> bool:
         """Put a dead delivery back in the queue (staff: `run_bot.py outbox retry REF`)."""
         with self.transaction():
