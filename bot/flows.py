@@ -21,7 +21,7 @@ from bot.yamlfile import LineDict, LineList, Problem
 
 STEP_TYPES = ("text", "email", "phone", "date", "choice", "yesno", "consent")
 FLOW_KEYS = {"title", "phrasings", "code", "inbox", "office", "deadline", "steps", "letter"}
-STEP_KEYS = {"name", "type", "label", "prompt", "options", "optional", "when", "max", "personal", "help"}
+STEP_KEYS = {"name", "type", "label", "prompt", "options", "optional", "when", "max", "personal"}
 OPTION_KEYS = {"value", "label", "cites"}
 LETTER_KEYS = {"subject", "body"}
 # Values every letter may use, besides the flow's own step names (and <choice step>_cites).
