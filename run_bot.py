@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
     ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
     sub.add_parser("serve", parents=[common], help="run the configured channels, the outbox and scheduled jobs")
+    tk = sub.add_parser("tickets", parents=[common], help="help-desk tickets: open ones and recent closed ones")
+    tk.add_argument("ref", nargs="?", help="one ticket, with its whole history")
     sub.add_parser("purge", parents=[common], help="forget on schedule: remove what is past its retention period")
     sub.add_parser("rekey", parents=[common], help="re-encrypt stored personal data with the first key (rotation)")
     case = sub.add_parser("case", parents=[common], help="a case, its letter and its delivery history")
@@ -98,8 +100,25 @@ class App:
     def brain(self, rate_limit: int | None = 20) -> Brain:
         return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days, rate_limit=rate_limit))
 
-    def configured_brain(self) -> Brain:
-        return self.brain(rate_limit=self.config.rate_limit)
+    def desk(self):  # noqa: ANN201
+        """The help desk from the config's `helpdesk:` (None without one)."""
+        from bot.handoff import Desk
+
+        if not self.config.helpdesk:
+            return None
+        timezone = self.knowledge().city.timezone
+        try:
+            return Desk.from_settings(self.config.helpdesk, timezone)
+        except ValueError as exc:
+            raise configlib.ConfigError(str(exc)) from None
+
+    def configured_brain(self, rate_limit: int | None | bool = True) -> Brain:
+        desk = self.desk()
+        policy = Policy(retention_days=self.config.retention_days,
+                        rate_limit=self.config.rate_limit if rate_limit is True else rate_limit)
+        if desk is not None:
+            policy = Policy(policy.retention_days, policy.rate_limit, desk.hours, desk.escalate_after)
+        return Brain.build(self.knowledge(), policy)
 
     def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database
         from bot.cipher import ENV, Cipher, CipherError
@@ -158,7 +177,8 @@ def cmd_chat(app: App) -> int:
     store = app.store()
     console = Console(json_lines=app.args.json, user=app.args.user)
     # The console is the operator's own terminal (or a script): no rate limit there.
-    runtime = Runtime(app.brain(rate_limit=None), store, app.outbox(store), {console.name: console})
+    runtime = Runtime(app.configured_brain(rate_limit=None), store, app.outbox(store), {console.name: console},
+                      app.desk())
 
     async def on_message(message):  # noqa: ANN001, ANN202
         await runtime.on_message(console, message)
@@ -391,11 +411,36 @@ def cmd_serve(app: App) -> int:
                          " to try the bot in this terminal, use 'run_bot.py chat'")
     channels = build_channels(dict(app.config.channels), app.data_dir)
     store = app.store()
-    runtime = Runtime(app.configured_brain(), store, app.outbox(store), channels)
+    runtime = Runtime(app.configured_brain(), store, app.outbox(store), channels, app.desk())
     try:
         return asyncio.run(serve(runtime, list(channels.values()), app.config))
     finally:
         store.close()
+
+
+def cmd_tickets(app: App) -> int:
+    store = app.store()
+    if app.args.ref:
+        ticket = store.ticket(app.args.ref)
+        if ticket is None:
+            raise UsageError(f"tickets {app.args.ref}: no such ticket (run 'run_bot.py tickets' for the list)")
+        for key in ("ref", "channel", "lang", "opened_at", "status", "agent_name", "closed_at", "closed_by", "cases"):
+            print(f"{key:11} {ticket[key] or '-'}")
+        print("history:")
+        for e in store.ticket_history(ticket["ref"]):
+            print(f"  {e['at']}  {e['event']:14} {e['actor']}")
+        return 0
+    now = datetime.now(UTC)
+    rows = store.tickets()
+    print(f"{'ref':14} {'channel':9} {'lang':4} {'status':8} {'age':>7}  {'held by':16} closed")
+    for t in rows:
+        minutes = int((now - datetime.fromisoformat(t["opened_at"])).total_seconds() // 60)
+        age = f"{minutes // 60}h{minutes % 60:02d}"
+        print(f"{t['ref']:14} {t['channel'] or '-':9} {t['lang']:4} {t['status']:8} {age:>7}  "
+              f"{t['agent_name'] or '-':16} {t['closed_at'] or ''}")
+    open_count = sum(t["status"] != "closed" for t in rows)
+    print(f"{open_count} open, {len(rows) - open_count} closed")
+    return 0
 
 
 def cmd_purge(app: App) -> int:
@@ -414,7 +459,7 @@ def cmd_rekey(app: App) -> int:
 
 
 COMMANDS = {"chat": cmd_chat, "ask": cmd_ask, "check": cmd_check, "eval": cmd_eval, "unanswered": cmd_unanswered,
-            "serve": cmd_serve, "purge": cmd_purge, "rekey": cmd_rekey,
+            "serve": cmd_serve, "tickets": cmd_tickets, "purge": cmd_purge, "rekey": cmd_rekey,
             "deliver": cmd_deliver, "outbox": cmd_outbox, "case": cmd_case}
 
 

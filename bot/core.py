@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from bot import deadlines as deadlinelib
 from bot import flows as flow_engine
 from bot.flows import Flow
+from bot.handoff import OfficeHours
 from bot.knowledge import Entry, Knowledge
 from bot.language import has_letters, normalise
 from bot.matcher import Match, Matcher, Target
@@ -37,8 +38,12 @@ from bot.messages import (
     Incoming,
     Offer,
     Outcome,
+    Relay,
     Reply,
     State,
+    Ticket,
+    TicketLeft,
+    TicketOpened,
     Unanswered,
     Why,
 )
@@ -64,6 +69,8 @@ class Policy:
 
     retention_days: int = 30
     rate_limit: int | None = 20  # messages per minute per resident; None: no limit (the local console)
+    office_hours: OfficeHours = OfficeHours()  # when help-desk agents answer
+    escalate_after: int = 2  # "I don't know" answers in a row before the bot offers a person by itself
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ def handle(message: Incoming, state: State, brain: Brain) -> Outcome:
         return turn.command(text)
     if state.flow is not None:
         return turn.in_flow(text)
+    if state.handoff is not None:
+        return turn.relay(text)
     if not has_letters(text):
         return turn.say(turn.t("unreadable"), turn.language_offers())
     return turn.question(text)
@@ -116,6 +125,22 @@ def remind(state: State, at: datetime, brain: Brain, channel: str = "", user: st
     last = turn.pre[-1]
     replies = (*turn.pre[:-1], Reply(last.text, tuple(o.label for o in turn.notice_offers)))
     return Outcome(turn.state.but(offers=tuple(turn.notice_offers)), replies, tuple(turn.effects))
+
+
+def agent_said(state: State, brain: Brain, name: str, text: str) -> Outcome:
+    """An agent's answer, as the resident reads it ("Agent (Alice): ...")."""
+    lang = state.lang or state.last_lang or brain.knowledge.languages[0]
+    reply = Reply(brain.knowledge.text("agent_says", lang, name=name, text=text),
+                  (brain.knowledge.text("back_to_bot", lang),))
+    return Outcome(state.but(offers=(Offer(reply.choices[0], "leave"),)), (reply,))
+
+
+def ticket_event(state: State, brain: Brain, key: str, at: datetime, name: str = "") -> Outcome:
+    """Tell the resident what happened to their ticket: claimed by an agent, or closed (back to the bot)."""
+    turn = _Turn(brain, state, Incoming("", "", "", at))
+    if key == "ticket_closed":
+        return turn.say(turn.t(key, name=name), turn.menu_offers(), handoff=None)
+    return Outcome(state, (Reply(turn.t(key, name=name)),))
 
 
 def _chosen(text: str, state: State) -> str | None:
@@ -235,6 +260,8 @@ class _Turn:
             return self.letter(arg)
         if kind == "none":
             return self.dont_know(None)
+        if kind == "leave":
+            return self.leave_handoff()
         if kind == "forget":
             if arg != "yes":
                 return self.say(self.t("forget_kept"), self.menu_offers())
@@ -297,6 +324,8 @@ class _Turn:
             return self.letter(arg)
         if name == "/extended":
             return self.extended(arg)
+        if name == "/bot":
+            return self.leave_handoff()
         if name == "/mydata":
             self.effects.append(Export())
             return self.after(self.t("mydata"), self.menu_offers())
@@ -370,6 +399,12 @@ class _Turn:
         if text is not None:
             # Kept for staff to improve the FAQ: text and language only, with contact and ID numbers masked.
             self.effects.append(Unanswered(mask(text[:500]), self.lang))
+        misses = self.state.misses + 1
+        if misses >= self.brain.policy.escalate_after and "handoff" in self.k.flows and self.state.handoff is None:
+            # Failing again and again helps nobody: offer a person, with the question already filled in.
+            self.pre.append(Reply(self.t("dont_know") + "\n" + self.t("escalate")))
+            self.state = self.state.but(misses=0)
+            return self.start_flow("handoff", prefill={"question": text[:1000]} if text else None)
         offers = (Offer(self.t("choice_menu"), "menu"), Offer(self.t("choice_person"), "flow:handoff"))
         offers = tuple(o for o in offers if o.action != "flow:handoff" or "handoff" in self.k.flows)
         return self.say(self.t("dont_know"), offers, misses=self.state.misses + 1)
@@ -598,6 +633,8 @@ class _Turn:
     def file_case(self) -> Outcome:
         """Confirming creates the case, its letter and its delivery, all in this message's transaction."""
         flow, fstate = self.flow()
+        if flow.ticket:
+            return self.open_ticket(flow, fstate["answers"])
         answers = fstate["answers"]
         city = self.k.city
         ref = make_ref(city.code, flow.code, self.message.channel, self.message.user, self.message.at.isoformat(),
@@ -647,6 +684,40 @@ class _Turn:
         subject = flow_engine.render(self.k.pick(flow.letter.subject, lang), values)
         body = flow_engine.render(self.k.pick(flow.letter.body, lang), values)
         return subject, body.strip()
+
+    # -- the help desk ----------------------------------------------------------------------------------------
+
+    def open_ticket(self, flow: Flow, answers: dict[str, Any]) -> Outcome:
+        ref = make_ref(self.k.city.code, flow.code, self.message.channel, self.message.user,
+                       self.message.at.isoformat(), flow.id)
+        ticket = Ticket(ref=ref, lang=self.lang, opened_at=self.message.at, question=str(answers.get("question", "")),
+                        share_transcript=answers.get("share_transcript") == "yes",
+                        cases=tuple(c.ref for c in self.state.cases))
+        self.effects.append(TicketOpened(ticket))
+        hours = self.brain.policy.office_hours
+        if hours.is_open(self.message.at):
+            when = self.t("helpdesk_open")
+        else:
+            opening = hours.next_opening(self.message.at)
+            when = self.t("helpdesk_closed", opening=opening.strftime("%Y-%m-%d %H:%M") if opening else "")
+        offers = (Offer(self.t("back_to_bot"), "leave"),)
+        return self.say(self.t("ticket_opened", ref=ref, when=when), offers, flow=None,
+                        handoff={"ref": ref, "acked": False})
+
+    def relay(self, text: str) -> Outcome:
+        """While a ticket is open, the resident talks to the agent, not to the matcher."""
+        handoff = dict(self.state.handoff or {})
+        self.effects.append(Relay(handoff["ref"], text))
+        if handoff.get("acked"):
+            return Outcome(self.state.but(last_lang=self.lang), tuple(self.pre), tuple(self.effects))
+        handoff["acked"] = True
+        return self.say(self.t("relayed"), (Offer(self.t("back_to_bot"), "leave"),), handoff=handoff)
+
+    def leave_handoff(self) -> Outcome:
+        if self.state.handoff is None:
+            return self.say(self.t("no_ticket"), self.menu_offers())
+        self.effects.append(TicketLeft(self.state.handoff["ref"]))
+        return self.say(self.t("left_ticket"), self.menu_offers(), handoff=None)
 
     # -- cases ------------------------------------------------------------------------------------------------
 

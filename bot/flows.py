@@ -20,7 +20,7 @@ from typing import Any
 from bot.yamlfile import LineDict, LineList, Problem
 
 STEP_TYPES = ("text", "email", "phone", "date", "choice", "yesno", "consent")
-FLOW_KEYS = {"title", "phrasings", "code", "inbox", "office", "deadline", "steps", "letter"}
+FLOW_KEYS = {"title", "phrasings", "code", "inbox", "office", "deadline", "steps", "letter", "ticket"}
 STEP_KEYS = {"name", "type", "label", "prompt", "options", "optional", "when", "max", "personal"}
 OPTION_KEYS = {"value", "label", "cites"}
 LETTER_KEYS = {"subject", "body"}
@@ -71,6 +71,7 @@ class Flow:
     deadline: str | None = None  # a rule in deadlines.yaml
     steps: tuple[Step, ...] = ()
     letter: Template | None = None
+    ticket: bool = False  # confirming opens a help-desk ticket (a person answers in the chat) instead of a case
 
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -206,6 +207,7 @@ def parse(data: Any, flow_id: str, file: str, langs: list[str], problems: list[P
         deadline=str(data["deadline"]) if data.get("deadline") else None,
         steps=steps,
         letter=letter,
+        ticket=bool(data.get("ticket", False)),
     )
 
 

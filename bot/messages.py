@@ -21,6 +21,9 @@ class Incoming:
     text: str
     at: datetime  # UTC, from the channel; the core reads no clock
     kind: str = "text"  # "text", or "media" for a photo, sticker, voice note or file (the bot reads text only)
+    sender: str | None = None  # in a group room (the help desk's staff room): who wrote; `user` is the room
+    sender_name: str | None = None  # their display name, for "Agent (Alice): ..."
+    reply_to: str | None = None  # the platform id of the message this one replies to
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class State:
     misses: int = 0  # "I don't know" answers in a row
     flow: dict[str, Any] | None = None  # the flow in progress (see bot.core), plain JSON values
     cases: tuple[CaseInfo, ...] = ()  # the resident's cases: read from the cases table, never stored here
+    handoff: dict[str, Any] | None = None  # the open help-desk ticket: {"ref", "acked"}
     recent: tuple[str, ...] = ()  # times of the resident's last messages, for the rate limit
     throttled: bool = False  # told to slow down in the current window
     version: int = 1
@@ -120,6 +124,7 @@ class State:
             misses=int(data.get("misses") or 0),
             flow=flow if isinstance(flow, dict) else None,
             cases=cases,
+            handoff=data.get("handoff") if isinstance(data.get("handoff"), dict) else None,
             recent=tuple(str(t) for t in data.get("recent") or () if isinstance(t, str)),
             throttled=bool(data.get("throttled", False)),
         )
@@ -172,6 +177,40 @@ class CaseChanged:
 
 
 @dataclass(frozen=True)
+class Ticket:
+    """A resident's request to talk to a person: what the help desk needs to pick it up."""
+
+    ref: str
+    lang: str
+    opened_at: datetime
+    question: str
+    share_transcript: bool
+    cases: tuple[str, ...]  # the resident's case references, for context
+
+
+@dataclass(frozen=True)
+class TicketOpened:
+    """Effect: keep the ticket (same transaction) and post it in the staff room (after the commit)."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Effect: a resident's message for the agent on their ticket, instead of an answer from the bot."""
+
+    ref: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TicketLeft:
+    """Effect: the resident went back to the bot (/bot): the ticket is closed by them."""
+
+    ref: str
+
+
+@dataclass(frozen=True)
 class Forget:
     """Effect: erase everything held about this resident (GDPR Art. 17); delivered cases keep ref and status."""
 
@@ -181,7 +220,7 @@ class Export:
     """Effect: send the resident everything held about them (GDPR Art. 15), after this message is committed."""
 
 
-Effect = Unanswered | CaseFiled | CaseChanged | Forget | Export
+Effect = Unanswered | CaseFiled | CaseChanged | Forget | Export | TicketOpened | Relay | TicketLeft
 
 
 @dataclass(frozen=True)

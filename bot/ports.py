@@ -22,7 +22,7 @@ class Channel(Protocol):
 
     async def run(self, on_message: Callable[[Incoming], Awaitable[None]]) -> None: ...
 
-    async def send(self, user: str, reply: Reply) -> None: ...  # raises SendError
+    async def send(self, user: str, reply: Reply) -> str | None: ...  # the message's id, if any; raises SendError
 
 
 @dataclass(frozen=True)

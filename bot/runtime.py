@@ -15,23 +15,38 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from bot.core import Brain, handle, remind
-from bot.messages import CaseFiled, Export, Forget, Incoming, Outcome, Reply, State
+from bot.core import Brain, agent_said, handle, remind, ticket_event
+from bot.handoff import Desk, first_name, inert, parse_agent, queue_lines
+from bot.messages import (
+    CaseFiled,
+    Export,
+    Forget,
+    Incoming,
+    Outcome,
+    Relay,
+    Reply,
+    State,
+    Ticket,
+    TicketLeft,
+    TicketOpened,
+)
 from bot.outbox import Outbox, Report
 from bot.ports import Channel, SendError
 from bot.privacy import pseudonym
 from bot.store import Store
 
 log = logging.getLogger("rightsdesk.runtime")
+SHARED_TRANSCRIPT_LINES = 20  # the recent conversation an agent sees, with the resident's consent
 
 
 class Runtime:
     def __init__(self, brain: Brain, store: Store, outbox: Outbox | None = None,
-                 channels: dict[str, Channel] | None = None) -> None:
+                 channels: dict[str, Channel] | None = None, desk: Desk | None = None) -> None:
         self.brain = brain
         self.store = store
         self.outbox = outbox
         self.channels = channels or {}
+        self.desk = desk
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         # Logs name residents by a keyed hash only (GDPR Art. 32); a fixed salt keeps tokens stable across restarts.
         self.salt = (os.environ.get("RIGHTSDESK_LOG_SALT") or secrets.token_hex(16)).encode()
@@ -83,10 +98,21 @@ class Runtime:
     async def on_message(self, channel: Channel, message: Incoming) -> None:
         """Process one message and send its replies; messages of one conversation go strictly in order."""
         self.channels.setdefault(channel.name, channel)
+        if self.desk is not None and self.desk.is_staff_room(message.channel, message.user):
+            await self.on_staff(message)
+            return
         async with self._locks[(message.channel, message.user)]:
             outcome = self.process(message)
             for reply in outcome.replies:
                 await channel.send(message.user, reply)
+        for effect in outcome.effects:
+            if isinstance(effect, TicketOpened):
+                await self.post_ticket(effect.ticket, message)
+            elif isinstance(effect, Relay):
+                await self.to_staff(self.staff_text("staff_relay", ref=effect.ref, text=inert(effect.text)),
+                                    effect.ref)
+            elif isinstance(effect, TicketLeft):
+                await self.to_staff(self.staff_text("staff_left", ref=effect.ref), effect.ref)
             if any(isinstance(e, Forget) for e in outcome.effects):
                 self.store.compact()  # erased rows must leave the file and its log, not only the tables
             if any(isinstance(e, Export) for e in outcome.effects):
@@ -95,6 +121,104 @@ class Runtime:
             # A new case goes out at once; the scheduled pass retries what fails. The message's own time counts
             # as now at the least, so that a case is never "not yet due" for a clock a little behind the channel's.
             await self.deliver(max(datetime.now(UTC), message.at))
+
+    # -- the help desk -------------------------------------------------------------------------------------------
+
+    def staff_text(self, key: str, **values: object) -> str:
+        """A text for the staff room, in the desk's language (by default the city's working language)."""
+        k = self.brain.knowledge
+        return k.text(key, (self.desk.language if self.desk else None) or k.city.working_language, **values)
+
+    async def to_staff(self, text: str, ref: str | None = None, first: bool = False) -> None:
+        """Post in the staff room; remember the message so that an agent's reply to it finds the ticket."""
+        if self.desk is None:
+            return
+        staff = self.channels.get(self.desk.channel)
+        if staff is None:
+            log.error("help desk: channel %s is not running; a staff-room post was not made", self.desk.channel)
+            return
+        try:
+            message_id = await staff.send(self.desk.room, Reply(text))
+        except SendError as exc:
+            log.error("help desk: could not post in the staff room: %s", exc)
+            return
+        if message_id and ref:
+            self.store.staff_message(ref, str(message_id), first=first)
+
+    async def post_ticket(self, ticket: Ticket, message: Incoming) -> None:
+        lines = []
+        if ticket.share_transcript:
+            for row in self.store.recent_transcript(message.channel, message.user, SHARED_TRANSCRIPT_LINES):
+                who = "resident" if row["direction"] == "in" else "bot"
+                lines.append(f"{who}: {inert(row['text'] or '', 300)}")
+        text = self.staff_text("staff_ticket", ref=ticket.ref, language=ticket.lang, question=inert(ticket.question),
+                               cases=", ".join(ticket.cases) or "-", transcript="\n".join(lines))
+        await self.to_staff(text, ticket.ref, first=True)
+
+    async def on_staff(self, message: Incoming) -> None:
+        """A message in the staff room: an agent's command or reply; anyone else's command is refused and logged."""
+        assert self.desk is not None
+        replied = self.store.ticket_for_staff_message(message.reply_to) if message.reply_to else None
+        command = parse_agent(message.text, replied)
+        if command is None:
+            return
+        sender = message.sender or ""
+        if sender not in self.desk.agents:
+            if message.text.strip().startswith("/"):
+                log.warning("help desk: refused %s from a non-agent sender=%s", command.kind, self.pseudonym(sender))
+                await self.to_staff(self.staff_text("staff_refused", command=message.text.split()[0][:20]))
+            return
+        name = first_name(message.sender_name, sender)
+        now = message.at
+        if command.kind == "queue":
+            await self.to_staff("\n".join(queue_lines(self.store.tickets("open"), now)))
+            return
+        if command.kind in ("help", "unknown"):
+            await self.to_staff(self.staff_text("staff_help", usage="/r REF text, /claim REF, /close REF, /queue, "
+                                                                    "/case REF; or reply to a ticket's message"))
+            return
+        if command.kind == "case":
+            case = self.store.case(command.ref or "")
+            text = (self.staff_text("staff_case", ref=case["ref"], flow=case["flow"], status=case["status"],
+                                    deadline=case["deadline"] or "-") if case
+                    else self.staff_text("staff_unknown_ticket", ref=command.ref))
+            await self.to_staff(text)
+            return
+        ticket = self.store.ticket(command.ref or "")
+        if ticket is None or ticket["status"] == "closed":
+            await self.to_staff(self.staff_text("staff_unknown_ticket", ref=command.ref))
+            return
+        if command.kind == "claim" or (command.kind == "reply" and ticket["status"] == "open"):
+            self.store.claim_ticket(ticket["ref"], sender, name, now)
+            if command.kind == "claim":
+                await self.tell_resident(ticket, lambda state: ticket_event(state, self.brain, "ticket_claimed",
+                                                                            now, name), now)
+                await self.to_staff(self.staff_text("staff_claimed", ref=ticket["ref"], name=name), ticket["ref"])
+                return
+        if command.kind == "reply":
+            self.store.note_ticket(ticket["ref"], now, "agent replied", sender)
+            await self.tell_resident(ticket, lambda state: agent_said(state, self.brain, name, command.text), now)
+        elif command.kind == "close":
+            self.store.close_ticket(ticket["ref"], now, sender)
+            await self.tell_resident(ticket, lambda state: ticket_event(state, self.brain, "ticket_closed", now, name),
+                                     now)
+            await self.to_staff(self.staff_text("staff_closed", ref=ticket["ref"], name=name), ticket["ref"])
+
+    async def tell_resident(self, ticket: dict, decide, now: datetime) -> None:  # noqa: ANN001
+        """Carry an agent's action to the resident's conversation: commit it, then send it on their channel."""
+        channel = self.channels.get(ticket["channel"])
+        if channel is None or not ticket["user"]:
+            log.error("help desk: the resident's channel %s is not running", ticket["channel"])
+            return
+        async with self._locks[(ticket["channel"], ticket["user"])]:
+            state = self.store.load_state(ticket["channel"], ticket["user"])
+            outcome = decide(state)
+            self.store.commit(Incoming(ticket["channel"], ticket["user"], "", now, kind="system"), outcome)
+            for reply in outcome.replies:
+                try:
+                    await channel.send(ticket["user"], reply)
+                except SendError as exc:
+                    log.error("help desk: could not reach the resident of %s: %s", ticket["ref"], exc)
 
     async def send_export(self, channel: Channel, user: str, state: State) -> None:
         """Send everything held about the resident: a summary, then the data as a JSON file (or message)."""

@@ -18,7 +18,19 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 
 from bot.cipher import Cipher
-from bot.messages import Case, CaseChanged, CaseFiled, CaseInfo, Forget, Incoming, Outcome, State, Unanswered
+from bot.messages import (
+    Case,
+    CaseChanged,
+    CaseFiled,
+    CaseInfo,
+    Forget,
+    Incoming,
+    Outcome,
+    State,
+    TicketLeft,
+    TicketOpened,
+    Unanswered,
+)
 from bot.ports import Receipt
 
 
@@ -66,7 +78,26 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["case_events"].create_index(["ref"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    db["tickets"].create(
+        {
+            "ref": str, "channel": str, "user": str, "lang": str, "opened_at": str, "status": str,
+            "question": str, "share_transcript": int, "cases": str, "agent": str, "agent_name": str,
+            "staff_message": str, "closed_at": str, "closed_by": str,
+        },
+        pk="ref",
+        not_null={"status"},
+        defaults={"status": "open"},
+    )
+    db["tickets"].create_index(["status"])
+    db["tickets"].create_index(["staff_message"])
+    # Every message posted in the staff room about a ticket, so that an agent's reply to any of them finds it.
+    db["staff_messages"].create({"message": str, "ref": str}, pk="message")
+    db["ticket_events"].create({"id": int, "ref": str, "at": str, "event": str, "actor": str}, pk="id")
+    db["ticket_events"].create_index(["ref"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
 SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
@@ -174,6 +205,15 @@ class Store:
                     self._file(message, effect.case, at)
                 elif isinstance(effect, CaseChanged):
                     self._change(effect, at, "resident")
+                elif isinstance(effect, TicketOpened):
+                    t = effect.ticket
+                    self.db["tickets"].insert({
+                        "ref": t.ref, "channel": message.channel, "user": message.user, "lang": t.lang,
+                        "opened_at": _iso(t.opened_at), "status": "open", "question": self.cipher.seal(t.question),
+                        "share_transcript": int(t.share_transcript), "cases": ",".join(t.cases)})
+                    self._ticket_event(t.ref, at, "opened", "resident")
+                elif isinstance(effect, TicketLeft):
+                    self.close_ticket(effect.ref, message.at, "resident", in_transaction=True)
 
     def _file(self, message: Incoming, case: Case, at: str) -> None:
         self.db["cases"].insert({
@@ -211,6 +251,8 @@ class Store:
         reference, status and dates. Called inside the message's transaction."""
         self.db.execute("DELETE FROM conversations WHERE channel = ? AND user = ?", [channel, user])
         self.db.execute("DELETE FROM transcript WHERE channel = ? AND user = ?", [channel, user])
+        self.db.execute("UPDATE tickets SET channel = '', user = '', question = NULL, status = 'closed', "
+                        "closed_by = COALESCE(closed_by, 'erased') WHERE channel = ? AND user = ?", [channel, user])
         refs = self.db.execute(
             "SELECT c.ref, o.status FROM cases c LEFT JOIN outbox o ON o.ref = c.ref "
             "WHERE c.channel = ? AND c.user = ?", [channel, user]).fetchall()
@@ -223,6 +265,70 @@ class Store:
             else:  # not yet sent: nothing has left the bot, so nothing is kept
                 for table in ("outbox", "case_events", "cases"):
                     self.db.execute(f"DELETE FROM {table} WHERE ref = ?", [ref])
+
+    # -- the help desk -------------------------------------------------------------------------------------------
+
+    def _ticket_event(self, ref: str, at: str, event: str, actor: str) -> None:
+        self.db["ticket_events"].insert({"ref": ref, "at": at, "event": event, "actor": actor})
+
+    def ticket(self, ref: str) -> dict | None:
+        rows = list(self.db["tickets"].rows_where("ref = ?", [ref.strip().upper()]))
+        if not rows:
+            return None
+        row = rows[0]
+        row["question"] = self.cipher.open(row["question"])
+        return row
+
+    def ticket_for_staff_message(self, message: str) -> str | None:
+        row = self.db.execute("SELECT ref FROM staff_messages WHERE message = ?", [message]).fetchone()
+        return row[0] if row else None
+
+    def staff_message(self, ref: str, message: str, first: bool = False) -> None:
+        with self.transaction():
+            self.db["staff_messages"].upsert({"message": message, "ref": ref}, pk="message")
+            if first:
+                self.db["tickets"].update(ref, {"staff_message": message})
+
+    def claim_ticket(self, ref: str, agent: str, agent_name: str, now: datetime) -> None:
+        with self.transaction():
+            self.db["tickets"].update(ref, {"status": "claimed", "agent": agent, "agent_name": agent_name})
+            self._ticket_event(ref, _iso(now), "claimed", agent)
+
+    def close_ticket(self, ref: str, now: datetime, actor: str, in_transaction: bool = False) -> None:
+        def close() -> None:
+            self.db.execute("UPDATE tickets SET status = 'closed', closed_at = ?, closed_by = ? WHERE ref = ?",
+                            [_iso(now), actor, ref])
+            self._ticket_event(ref, _iso(now), "closed", actor)
+
+        if in_transaction:
+            close()
+        else:
+            with self.transaction():
+                close()
+
+    def note_ticket(self, ref: str, now: datetime, event: str, actor: str) -> None:
+        with self.transaction():
+            self._ticket_event(ref, _iso(now), event, actor)
+
+    def tickets(self, status: str | None = None, limit: int = 200) -> list[dict]:
+        sql = "SELECT ref, channel, lang, opened_at, status, agent, agent_name, closed_at, closed_by FROM tickets"
+        args: list[object] = []
+        if status == "open":
+            sql += " WHERE status != 'closed'"
+        elif status:
+            sql += " WHERE status = ?"
+            args.append(status)
+        cursor = self.db.execute(sql + " ORDER BY opened_at DESC LIMIT ?", [*args, limit])
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def ticket_history(self, ref: str) -> list[dict]:
+        return list(self.db["ticket_events"].rows_where("ref = ?", [ref], order_by="id"))
+
+    def recent_transcript(self, channel: str, user: str, limit: int = 20) -> list[dict]:
+        rows = self.db.execute("SELECT at, direction, text FROM transcript WHERE channel = ? AND user = ? "
+                               "ORDER BY id DESC LIMIT ?", [channel, user, limit]).fetchall()
+        return [{"at": r[0], "direction": r[1], "text": self.cipher.open(r[2])} for r in reversed(rows)]
 
     def compact(self) -> None:
         """Move everything out of the write-ahead log and drop free pages, so erased data leaves the files."""
@@ -249,7 +355,12 @@ class Store:
                 "history": self.case_history(row["ref"]),
             })
         profile = {"channel": channel, "id": user, "language": state.lang or state.last_lang}
-        return {"profile": profile, "conversation": transcript, "cases": cases,
+        tickets = []
+        for row in self.db["tickets"].rows_where("channel = ? AND user = ?", [channel, user], order_by="opened_at"):
+            tickets.append({"ref": row["ref"], "opened_at": row["opened_at"], "status": row["status"],
+                            "question": self.cipher.open(row["question"]), "agent": row["agent_name"],
+                            "shared_conversation": bool(row["share_transcript"]), "closed_at": row["closed_at"]})
+        return {"profile": profile, "conversation": transcript, "cases": cases, "tickets": tickets,
                 "flow_in_progress": state.flow}
 
     def purge(self, now: datetime, retention: timedelta) -> dict[str, int]:
