@@ -161,8 +161,9 @@ class TelegramChannel:
             self._app = None
             await app.shutdown()
 
-    async def send(self, user: str, reply: Reply) -> None:
-        """Send one reply as plain text, split to Telegram's limit, choices as buttons on the last part."""
+    async def send(self, user: str, reply: Reply) -> str | None:
+        """Send one reply as plain text, split to Telegram's limit, choices as buttons on the last part; return
+        the id of the last part (the help desk maps agents' replies to it)."""
         app = self._app
         if app is None:
             raise SendError("telegram: the channel is not running (start it before sending)", retryable=True)
@@ -170,9 +171,11 @@ class TelegramChannel:
             raise SendError(f"telegram: {user!r} is not a Telegram chat id (a whole number)", retryable=False)
         parts = split(reply.text)
         markup = self._keyboard(user, reply.choices)
+        message_id = None
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            await self._send_part(app, user, part, markup if last else None)
+            message_id = await self._send_part(app, user, part, markup if last else None)
+        return message_id
 
     def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
         builder = ApplicationBuilder().token(self.token)
@@ -212,6 +215,14 @@ class TelegramChannel:
             return None
         at = message.date.astimezone(UTC)
         if message.text is not None:
+            if message.chat.type in ("group", "supergroup"):
+                # A group is the help desk's staff room: who wrote, and which post they reply to, matter.
+                sender = message.from_user
+                replied = message.reply_to_message
+                return Incoming(self.name, str(message.chat.id), message.text, at,
+                                sender=str(sender.id) if sender else None,
+                                sender_name=sender.first_name if sender else None,
+                                reply_to=str(replied.message_id) if replied else None)
             return Incoming(self.name, str(message.chat.id), message.text, at)
         if any(getattr(message, kind, None) for kind in MEDIA):
             return Incoming(self.name, str(message.chat.id), "", at, kind="media")
@@ -272,12 +283,13 @@ class TelegramChannel:
         return InlineKeyboardMarkup(rows)
 
     async def _send_part(self, app: Application[Any, Any, Any, Any, Any, Any], user: str, text: str,
-                         markup: InlineKeyboardMarkup | None) -> None:
-        """Send one message; wait once on flood control (Bot API 429 retry_after), map errors to SendError."""
+                         markup: InlineKeyboardMarkup | None) -> str | None:
+        """Send one message and return its id; wait once on flood control (Bot API 429 retry_after), map errors
+        to SendError."""
         for attempt in (1, 2):
             try:
-                await app.bot.send_message(chat_id=int(user), text=text, reply_markup=markup)
-                return
+                sent = await app.bot.send_message(chat_id=int(user), text=text, reply_markup=markup)
+                return str(sent.message_id) if sent is not None else None
             except RetryAfter as exc:
                 wait = _seconds(exc)
                 if attempt == 2 or wait > self.max_retry_wait:
@@ -299,6 +311,7 @@ class TelegramChannel:
                 raise SendError(f"telegram: network problem ({type(exc).__name__})", retryable=True) from None
             except TelegramError as exc:
                 raise SendError(f"telegram: {type(exc).__name__}", retryable=True) from None
+        return None
 
 
 def split(text: str, limit: int = TEXT_LIMIT) -> tuple[str, ...]:

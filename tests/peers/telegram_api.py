@@ -106,9 +106,16 @@ class BotAPI:
                 "from": {"id": abs(chat_id) if chat_type == "private" else 777, "is_bot": False,
                          "first_name": "Resident"}, **fields}
 
-    def text(self, chat_id: int, text: str, chat_type: str = "private", date: int | None = None) -> int:
-        """Push a text message; a leading /command gets its bot_command entity, as Telegram marks it."""
+    def text(self, chat_id: int, text: str, chat_type: str = "private", date: int | None = None,
+             sender: tuple[int, str] | None = None, reply_to: int | None = None) -> int:
+        """Push a text message; a leading /command gets its bot_command entity, as Telegram marks it. In a group,
+        `sender` is (user id, first name) and `reply_to` the id of the message replied to."""
         fields: dict[str, Any] = {"text": text}
+        if sender is not None:
+            fields["from"] = {"id": sender[0], "is_bot": False, "first_name": sender[1]}
+        if reply_to is not None:
+            fields["reply_to_message"] = {"message_id": reply_to, "date": int(time.time()),
+                                          "chat": {"id": chat_id, "type": chat_type, "title": "A group"}}
         if text.startswith("/"):
             command = text.split()[0]
             fields["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
