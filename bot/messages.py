@@ -24,6 +24,7 @@ class Incoming:
     sender: str | None = None  # in a group room (the help desk's staff room): who wrote; `user` is the room
     sender_name: str | None = None  # their display name, for "Agent (Alice): ..."
     reply_to: str | None = None  # the platform id of the message this one replies to
+    id: str | None = None  # the platform's id of this message: one delivered twice is handled once
 
 
 @dataclass(frozen=True)

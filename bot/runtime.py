@@ -79,6 +79,9 @@ class Runtime:
     def process(self, message: Incoming) -> Outcome:
         """Handle one message and commit its effects; on a bug, answer kindly and keep nothing half-done."""
         started = time.perf_counter()
+        if message.id is not None and self.store.handled(message.channel, message.id):
+            log.info("message already handled channel=%s user=%s", message.channel, self.pseudonym(message.user))
+            return Outcome(State())
         state = self.store.load_state(message.channel, message.user)
         try:
             outcome = handle(message, state, self.brain)

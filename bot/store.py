@@ -97,7 +97,14 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["ticket_events"].create_index(["ref"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    # Messages already handled, by the platform's id: a channel that delivers one again after a crash between the
+    # commit and its own acknowledgement (Matrix sync tokens, Telegram offsets) must not have it handled twice.
+    db["handled"].create({"channel": str, "id": str, "at": str}, pk=("channel", "id"))
+    db["handled"].create_index(["at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
 SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
@@ -150,6 +157,11 @@ class Store:
 
     # -- conversations ----------------------------------------------------------------------------------------
 
+    def handled(self, channel: str, message_id: str) -> bool:
+        """Whether a message with this platform id was already committed."""
+        return self.db.execute("SELECT 1 FROM handled WHERE channel = ? AND id = ?", [channel, message_id]
+                               ).fetchone() is not None
+
     def load_state(self, channel: str, user: str) -> State:
         row = self.db.execute(
             "SELECT state FROM conversations WHERE channel = ? AND user = ?", [channel, user]
@@ -176,6 +188,8 @@ class Store:
         """Keep everything one message changed, in one transaction."""
         at = _iso(message.at)
         with self.transaction():
+            if message.id is not None:
+                self.db["handled"].insert({"channel": message.channel, "id": message.id, "at": at}, replace=True)
             self.db["conversations"].upsert(
                 {
                     "channel": message.channel,
@@ -371,6 +385,10 @@ class Store:
         with self.transaction():
             counts["transcript"] = self.db.execute("DELETE FROM transcript WHERE at < ?", [cutoff]).rowcount
             counts["unanswered"] = self.db.execute("DELETE FROM unanswered WHERE at < ?", [cutoff]).rowcount
+            self.db.execute("DELETE FROM handled WHERE at < ?", [cutoff])
+            counts["ticket_questions"] = self.db.execute(
+                "UPDATE tickets SET question = NULL WHERE status = 'closed' AND closed_at < ? AND question IS NOT NULL",
+                [cutoff]).rowcount
             counts["conversations"] = self.db.execute(
                 "DELETE FROM conversations WHERE updated_at < ?", [cutoff]).rowcount
             counts["case_answers"] = self.db.execute(

@@ -68,3 +68,12 @@ def test_runtime_answers_kindly_when_the_core_fails(tmp_path, monkeypatch):
     outcome = runtime.process(Incoming("console", "u", "hello", AT))
     assert outcome.replies[0].text == brain_for("amsterdam").knowledge.text("error", "nl")
     assert runtime.store.db["transcript"].count == 0
+
+
+def test_a_message_delivered_twice_is_handled_once(tmp_path):
+    runtime = Runtime(brain_for("amsterdam"), Store(tmp_path / "db.sqlite"))
+    message = Incoming("matrix", "!room:x", "/start", AT, id="$event1")
+    first = runtime.process(message)
+    again = runtime.process(message)
+    assert first.replies and again.replies == ()
+    assert runtime.store.db["transcript"].count == 1 + len(first.replies)
