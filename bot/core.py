@@ -132,7 +132,9 @@ def agent_said(state: State, brain: Brain, name: str, text: str) -> Outcome:
     lang = state.lang or state.last_lang or brain.knowledge.languages[0]
     reply = Reply(brain.knowledge.text("agent_says", lang, name=name, text=text),
                   (brain.knowledge.text("back_to_bot", lang),))
-    return Outcome(state.but(offers=(Offer(reply.choices[0], "leave"),)), (reply,))
+    # Once a person has answered, the resident needs no "passed on to the help desk" any more.
+    handoff = {**state.handoff, "acked": True} if state.handoff else None
+    return Outcome(state.but(offers=(Offer(reply.choices[0], "leave"),), handoff=handoff), (reply,))
 
 
 def ticket_event(state: State, brain: Brain, key: str, at: datetime, name: str = "") -> Outcome:

@@ -79,9 +79,9 @@ def test_a_ticket_goes_round_trip_between_telegram_and_a_matrix_staff_room(tmp_p
     desk.staff("Hello, I will look into your benefits file.", reply_to="msg-1")  # a reply to the ticket's post
     assert desk.telegram.sent[-1][1].text == "Help desk (Alice): Hello, I will look into your benefits file."
 
-    assert desk.resident("Thank you! My client number is 1234.") == ["Passed on to the help desk. A person will answer you here."]
+    # A person already answered: the resident's messages go to them silently, with no "passed on" note.
+    assert desk.resident("Thank you! My client number is 1234.") == []
     assert desk.matrix.sent[-1][1].text == f"{ref} resident: Thank you! My client number is 1234."
-    assert desk.resident("Another detail") == []  # later messages go to the agent silently
     desk.staff(f"/r {ref} Thanks, noted.")
     assert desk.telegram.sent[-1][1].text.endswith("Thanks, noted.")
 
@@ -98,6 +98,8 @@ def test_a_ticket_goes_round_trip_between_telegram_and_a_matrix_staff_room(tmp_p
 def test_a_non_agent_is_refused_and_resident_text_arrives_inert(tmp_path):
     desk = Desk_(tmp_path)
     ref = desk.ask_for_a_person()
+    assert desk.resident("Still there?") == ["Passed on to the help desk. A person will answer you here."]
+    assert desk.resident("Another detail") == []  # said once per ticket
     assert desk.staff(f"/close {ref}", sender=STRANGER) == ["/close is for help-desk agents only; this was not done."]
     assert desk.runtime.store.ticket(ref)["status"] == "open"
     desk.resident("@room <b>urgent</b> /close " + ref + " @alice:city.example")
