@@ -18,11 +18,16 @@ How a question is scored (the measurements behind each choice are in docs/matchi
 
 from __future__ import annotations
 
+import gc
+import heapq
 import math
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 
 from rapidfuzz import fuzz, process
 from wordfreq import zipf_frequency
@@ -45,6 +50,21 @@ UNKNOWN_FLOOR = 0.15  # the least an unknown word counts (rare: a name or a typo
 KEYNESS_FULL = 1.5  # a term 10^1.5 times likelier in the knowledge than in everyday language weighs in full
 KEYNESS_FLOOR = 0.4  # the least a known but everyday word weighs
 RARE_FREQ = 1e-8  # everyday frequency assumed for a word wordfreq does not know
+PRUNE_MARGIN = 1e-9  # a bound must be this much (relatively) below the cut to skip documents: floats round
+
+
+@contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """Hold the cyclic garbage collector while building: the index allocates millions of objects and no cycles,
+    and a collection every few thousand allocations spends a third of the build scanning them. Freed memory is
+    unaffected (reference counting); the collector is restored as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @lru_cache(maxsize=100_000)
@@ -90,21 +110,39 @@ class _LanguageIndex:
     """Every entry and flow of one language as a BM25 document, with an inverted index."""
 
     def __init__(self, lang: str, items: list[tuple[Target, str]], synonyms: Mapping[str, str],
-                 prose: list[str] = ()) -> None:
+                 prose: list[str] = (), normalised: dict[str, str] | None = None) -> None:
         self.lang = lang
         self.synonyms = {w: c for w, c in synonyms.items() if " " not in w}
         # Phrases first, longest first, so that "wi fi" becomes "wifi" before single words are looked up.
         self.phrases = sorted(((f" {w} ", f" {c} ") for w, c in synonyms.items() if " " in w),
                               key=lambda pc: -len(pc[0]))
         self.stop_words = stop_words(lang)
+        # The term of every word the knowledge uses (bounded by the knowledge; a question's new words are not kept).
+        self._terms: dict[str, str] = {}
+        # Building reads each text two or three times (documents, keyness); split it into words once.
+        self._normalised = normalised if normalised is not None else {}
+        split: dict[str, list[str]] = {}
+        for text in [t for _, t in items] + list(prose):
+            if text not in split:
+                words = split[text] = self.words_of(text)
+                for word in words:
+                    if word not in self._terms:
+                        self._terms[word] = stem(self.synonyms.get(word, word), self.lang)
+        self._normalised = {}
+        terms_of = self._terms.__getitem__
         self.phrasings: dict[Target, list[tuple[str, frozenset[str]]]] = defaultdict(list)
-        docs: dict[Target, Counter] = defaultdict(Counter)
+        used: dict[Target, list[str]] = defaultdict(list)
         for target, text in items:
-            terms = frozenset(self._term(w) for w in self.words_of(text))
+            terms = frozenset(map(terms_of, split[text]))
             if terms:
                 self.phrasings[target].append((text, terms))
-                docs[target].update(terms)
+                used[target].extend(terms)
+        # One Counter per document from all its phrasings' terms: the counts and key order of updating it
+        # phrasing by phrasing, without a Python-level update call per phrasing.
+        docs = {target: Counter(terms) for target, terms in used.items()}
         self.targets = list(docs)
+        self.keys = [t.key for t in self.targets]
+        self.position = {key: i for i, key in enumerate(self.keys)}
         n = len(self.targets)
         df = Counter(t for doc in docs.values() for t in doc)
         # idf scaled so that a term only one entry uses weighs 1: confidence then means the same for a base of
@@ -112,20 +150,30 @@ class _LanguageIndex:
         rarest = math.log(1 + (n - 0.5) / 1.5) if n > 1 else 1.0
         self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) / rarest for t, d in df.items()}
         if KEYNESS_FULL:
-            key = self._keyness([text for _, text in items] + list(prose))
+            key = self._keyness([text for _, text in items] + list(prose), split)
             self.idf = {t: w * key.get(t, 1.0) for t, w in self.idf.items()}
         self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
         self.vocab = sorted(self.idf)
         self._vocab_set = frozenset(self.vocab)
         avg = sum(sum(doc.values()) for doc in docs.values()) / max(n, 1)
-        self.postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        # Postings (documents and weights of a term, in document order) to find candidates, each term's highest
+        # weight to bound what its documents can gain from it, and each document's weights to score a candidate.
+        ids: dict[str, array] = defaultdict(lambda: array("i"))
+        values: dict[str, array] = defaultdict(lambda: array("d"))
+        self.weights: list[dict[str, float]] = []
         for i, target in enumerate(self.targets):
             doc = docs[target]
             norm = K1 * (1 - B + B * sum(doc.values()) / avg)
-            for t, tf in doc.items():
-                self.postings[t].append((i, self.idf[t] * tf * (K1 + 1) / (tf + norm)))
+            weights = {t: self.idf[t] * tf * (K1 + 1) / (tf + norm) for t, tf in doc.items()}
+            self.weights.append(weights)
+            for t, w in weights.items():
+                ids[t].append(i)
+                values[t].append(w)
+        self.postings: dict[str, array] = dict(ids)
+        self.posted: dict[str, array] = dict(values)
+        self.ceiling: dict[str, float] = {t: max(ws) for t, ws in values.items()}
 
-    def _keyness(self, texts: list[str]) -> dict[str, float]:
+    def _keyness(self, texts: list[str], split: Mapping[str, list[str]] | None = None) -> dict[str, float]:
         """How much likelier each term is in the knowledge than in everyday language, as a weight factor.
 
         log10(p_knowledge / p_everyday) over the term's surface words (wordfreq): "privacy" or "wifi" count in
@@ -134,11 +182,14 @@ class _LanguageIndex:
         """
         counts: Counter = Counter()
         forms: dict[str, set[str]] = defaultdict(set)
-        for text in texts:
-            for word in self.words_of(text):
-                term = self._term(word)
-                counts[term] += 1
-                forms[term].add(word)
+        # Count words first (in order of first use), then gather them by term: the same counts and the same
+        # insertion order of forms as counting word by word, at a fraction of the calls.
+        words = Counter(chain.from_iterable(
+            split[text] if split is not None and text in split else self.words_of(text) for text in texts))
+        for word, c in words.items():
+            term = self._term(word)
+            counts[term] += c
+            forms[term].add(word)
         total = sum(counts.values()) or 1
         out = {}
         for term, c in counts.items():
@@ -148,13 +199,17 @@ class _LanguageIndex:
         return out
 
     def words_of(self, text: str) -> list[str]:
-        padded = f" {normalise(text)} "
+        norm = self._normalised.get(text)
+        if norm is None:
+            norm = normalise(text)
+        padded = f" {norm} "
         for phrase, canonical in self.phrases:
             padded = padded.replace(phrase, canonical)
         return padded.split()
 
     def _term(self, word: str) -> str:
-        return stem(self.synonyms.get(word, word), self.lang)
+        term = self._terms.get(word)
+        return term if term is not None else stem(self.synonyms.get(word, word), self.lang)
 
     def analyse(self, text: str) -> tuple[frozenset[str], float]:
         """The question's known terms (mending unknown words where it can) and its evidence mass."""
@@ -202,17 +257,60 @@ class _LanguageIndex:
             return {}
         sums: dict[int, float] = defaultdict(float)
         for t in terms:
-            for i, w in self.postings.get(t, ()):
-                sums[i] += w
+            for i in self.postings.get(t, ()):
+                sums[i] += self.weights[i][t]
         scale = (K1 + 1) * math.sqrt(mass)
         return {self.targets[i]: s / scale for i, s in sums.items()}
+
+    def raw(self, i: int, terms: frozenset[str]) -> float | None:
+        """Target i's BM25 sum over the question's terms (None: it shares none), added in the order `score` adds."""
+        weights = self.weights[i]
+        s = None
+        for t in terms:
+            w = weights.get(t)
+            if w is not None:
+                s = w if s is None else s + w
+        return s
+
+    def best(self, terms: frozenset[str], k: int) -> dict[int, float]:
+        """Raw sums of a set of targets that surely holds the k best for `terms` (MaxScore pruning).
+
+        Terms join from the highest ceiling down, adding their weights to partial sums. Joining stops when the
+        ceilings of the terms left add up to less than the k-th best partial sum: a target using only those terms
+        cannot reach it. A target whose partial sum plus those ceilings stays below it is dropped too (with every
+        term joined: below the k-th best, less a margin for rounding); the rest get their exact sum from `raw`
+        (Turtle and Flood 1995, "Query evaluation: strategies and optimizations").
+        """
+        order = sorted((t for t in terms if t in self.postings), key=lambda t: (self.ceiling[t], t))
+        left = sum(self.ceiling[t] for t in order)
+        partial: dict[int, float] = {}
+        floor = -1.0
+        while order:
+            term = order.pop()
+            left -= self.ceiling[term]
+            get = partial.get
+            for i, w in zip(self.postings[term], self.posted[term], strict=True):
+                partial[i] = get(i, 0.0) + w
+            if len(partial) >= k:
+                cut = heapq.nlargest(k, partial.values())[-1] * (1 - PRUNE_MARGIN)
+                if not order:  # every term joined: the partial sums are the sums, up to rounding
+                    floor = cut
+                elif left < cut:
+                    floor = cut - left
+                    break
+        return {i: self.raw(i, terms) or 0.0 for i, p in partial.items() if p >= floor}  # never None: i uses a term
 
     def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
         """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1)."""
         best, closeness = "", 0.0
+        idf = self.idf
         for text, phrasing in self.phrasings.get(target, ()):
-            shared = sum(self.idf.get(t, 0.0) for t in terms & phrasing)
-            union = sum(self.idf.get(t, self.unknown_idf) for t in terms | phrasing)
+            if terms.isdisjoint(phrasing):
+                continue  # closeness 0: never better than the best so far
+            # Every term of a question's analysis and of a phrasing has an idf: the lookups of the first version
+            # (idf.get with a default) give the same values, added in the same order.
+            shared = sum(map(idf.__getitem__, terms & phrasing))
+            union = sum(map(idf.__getitem__, terms | phrasing))
             c = shared / union if union else 0.0
             if c > closeness:
                 best, closeness = text, c
@@ -223,6 +321,10 @@ class Matcher:
     """Ranks targets for a question; build once per knowledge load."""
 
     def __init__(self, knowledge: Knowledge) -> None:
+        with _no_gc_pauses():
+            self._build(knowledge)
+
+    def _build(self, knowledge: Knowledge) -> None:
         langs = knowledge.languages
         items: dict[str, list[tuple[Target, str]]] = {lang: [] for lang in langs}
         vocabulary: dict[str, list[str]] = {lang: [] for lang in langs}
@@ -245,11 +347,22 @@ class Matcher:
             vocabulary[lang].extend(knowledge.texts.get(lang, {}).values())
         self.languages = langs
         self.offers = {entry.id: entry.flow for entry in knowledge.entries.values()}
-        self.detector = Detector.build(vocabulary)
+        # Each text is normalised once for the detector and the indexes. The detector gets each language's words
+        # as one normalised line: it keeps the set of words, which is the same (normalising is idempotent).
+        normalised: dict[str, str] = {}
+        for texts in vocabulary.values():
+            for text in texts:
+                if text not in normalised:
+                    normalised[text] = normalise(text)
+        self.detector = Detector.build({
+            lang: [" ".join(dict.fromkeys(w for text in texts for w in normalised[text].split()))]
+            for lang, texts in vocabulary.items()
+        })
         self.indexes = {
-            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}), vocabulary[lang])
+            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}), vocabulary[lang], normalised)
             for lang in langs
         }
+        self.targets = {t.key: t for index in self.indexes.values() for t in index.targets}
 
     def detect(self, text: str, prefer: str | None = None) -> str | None:
         return self.detector.detect(text, prefer)
@@ -264,19 +377,46 @@ class Matcher:
         tried = [lg for lg in self.languages if lg == lang or (top > 0 and lang_scores[lg] >= 0.5 * top)]
         if not tried:
             tried = [prefer if prefer in self.indexes else self.languages[0]]
-        combined: dict[Target, tuple[float, str]] = {}
+        analysed = {lg: self.indexes[lg].analyse(text) for lg in tried}
+        # Only the RERANK best of each language can be among the RERANK best overall (a target's combined score is
+        # its best language's): gather those (pruned, bot/matcher.py _LanguageIndex.best), then score each of
+        # them in every language exactly as a full pass would.
+        sums: dict[str, dict[int, float]] = {}
+        wanted: set[str] = set()
         for lg in tried:
+            index, (terms, mass) = self.indexes[lg], analysed[lg]
+            if not terms:
+                continue
+            sums[lg] = found = index.best(terms, RERANK)
+            scale = (K1 + 1) * math.sqrt(mass)
             factor = 1.0 if lg == lang or lang is None else OTHER_LANGUAGE
-            for target, score in self.indexes[lg].score(text).items():
+            ranked_here = heapq.nsmallest(RERANK, found, key=lambda i: (-(found[i] / scale * factor), index.keys[i]))
+            wanted.update(index.keys[i] for i in ranked_here)
+        combined: dict[str, tuple[float, str]] = {}
+        for lg in tried:
+            index, (terms, mass) = self.indexes[lg], analysed[lg]
+            if lg not in sums:
+                continue
+            scale = (K1 + 1) * math.sqrt(mass)
+            factor = 1.0 if lg == lang or lang is None else OTHER_LANGUAGE
+            found = sums[lg]
+            for key in wanted:
+                i = index.position.get(key)
+                if i is None:
+                    continue
+                s = found[i] if i in found else index.raw(i, terms)
+                if s is None:
+                    continue
+                score = s / scale
                 score *= factor
-                if score > combined.get(target, (-1.0, ""))[0]:
-                    combined[target] = (score, lg)
-        ranked = sorted(combined.items(), key=lambda x: (-x[1][0], x[0].key))[:RERANK]
+                if score > combined.get(key, (-1.0, ""))[0]:
+                    combined[key] = (score, lg)
+        ranked = heapq.nsmallest(RERANK, combined.items(), key=lambda x: (-x[1][0], x[0]))
         # A question close to one phrasing as a whole is stronger evidence than the same words spread out.
         scored = []
-        for target, (score, lg) in ranked:
-            index = self.indexes[lg]
-            phrasing, closeness = index.closest_phrasing(target, index.analyse(text)[0])
+        for key, (score, lg) in ranked:
+            index, target = self.indexes[lg], self.targets[key]
+            phrasing, closeness = index.closest_phrasing(target, analysed[lg][0])
             scored.append(Scored(target, round(score * (1 + PHRASE_BONUS * closeness), 4), phrasing, lg))
         scored.sort(key=lambda x: (-x.score, x.target.key))
         top = tuple(scored[:limit])
