@@ -424,8 +424,12 @@ class Matcher:
             return Match(lang, None, ())
         first = top[0]
         close = tuple(c for c in top if c.score >= first.score * (1 - MARGIN) and c.score >= REJECT)
-        if len(close) > 1 and not self._same_request(close):
-            return Match(lang, None, close)
+        if len(close) > 1:
+            if not self._same_request(close):
+                return Match(lang, None, close)
+            # One request either way: answer with the entry, whose answer explains and whose button starts the
+            # flow, rather than start a form the resident may only have asked about.
+            first = next(c for c in close if c.target.entry)
         return Match(lang, first, top)
 
     def _same_request(self, close: tuple[Scored, ...]) -> bool:
