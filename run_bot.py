@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--now", action="store_true", help="also try pending cases whose next attempt is not due yet "
                     "(after an inbox outage is fixed)")
     ob = sub.add_parser("outbox", parents=[common], help="the delivery queue as a table; 'outbox retry REF'")
-    ob.add_argument("--status", choices=["pending", "dead", "delivered"], help="only rows in this state")
+    ob.add_argument("--status", choices=["pending", "sending", "dead", "delivered"], help="only rows in this state")
     ob.add_argument("action", nargs="*", metavar="retry REF", help="put a dead delivery back in the queue")
     sub.add_parser("serve", parents=[common], help="run the configured channels, the outbox and scheduled jobs")
     tk = sub.add_parser("tickets", parents=[common], help="help-desk tickets: open ones and recent closed ones")
@@ -348,7 +348,7 @@ def cmd_deliver(app: App) -> int:
     if app.args.now:
         store.due_now(datetime.now(UTC))
     report = asyncio.run(app.outbox(store).deliver_due(datetime.now(UTC)))
-    left = store.outbox("pending") + store.outbox("dead")
+    left = store.outbox("pending") + store.outbox("sending") + store.outbox("dead")
     print(f"delivered {len(report.delivered)}, retrying {len(report.retrying)}, dead {len(report.dead)}; "
           f"{len(left)} left pending or dead")
     return 1 if left else 0
@@ -371,7 +371,8 @@ def cmd_outbox(app: App) -> int:
         print(f"{r['ref']:14} {r['inbox']:12} {r['status']:9} {r['attempts']:5} {r['created_at']:25} {when:25} "
               f"{r['last_error'] or ''}")
     counts = Counter(r["status"] for r in store.outbox())
-    print(f"pending {counts['pending']}, delivered {counts['delivered']}, dead {counts['dead']}")
+    sending = f", sending {counts['sending']}" if counts["sending"] else ""
+    print(f"pending {counts['pending']}{sending}, delivered {counts['delivered']}, dead {counts['dead']}")
     problems = app.outbox(store).health(datetime.now(UTC))
     for problem in problems:
         print(f"ALERT: {problem}")

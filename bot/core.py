@@ -648,7 +648,7 @@ class _Turn:
         if city.working_language != self.lang:
             _, city_body = self.render_letter(flow, answers, ref, deadline, rule, city.working_language)
             letter = f"{resident_body}\n\n{LETTER_SEPARATOR}\n\n{city_body}"
-        case = Case(ref=ref, flow=flow.id, city=city.id, lang=self.lang, filed_at=self.message.at,
+        case = Case(ref=ref, flow=flow.id, city=city.id, lang=self.lang, filed_at=self.message.at, filed=self.today,
                     answers={k: v for k, v in answers.items()}, subject=resident_subject, letter=letter,
                     resident_letter=resident_body, inbox=flow.inbox, deadline=deadline,
                     rule=rule.id if rule else None)

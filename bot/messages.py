@@ -151,6 +151,7 @@ class Case:
     city: str
     lang: str
     filed_at: datetime
+    filed: date  # the local date in the city: deadlines count from it
     answers: Mapping[str, Any]
     subject: str
     letter: str  # in the resident's language, followed by the city's working language where it differs

@@ -8,6 +8,7 @@ attempts), where staff see it with its last error and can retry it (`run_bot.py 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -27,6 +28,7 @@ class Policy:
     first_delay: timedelta = timedelta(seconds=30)
     max_delay: timedelta = timedelta(hours=6)
     alert_after: timedelta = timedelta(hours=1)  # a pending case older than this is a backlog to report
+    lease: timedelta = timedelta(minutes=5)  # how long one attempt may hold a case before another may take it
 
     @classmethod
     def of(cls, settings: Mapping[str, int]) -> Policy:
@@ -60,6 +62,7 @@ class Outbox:
         self.inboxes = inboxes
         self.policy = policy or Policy()
         self.rng = rng or random.Random()
+        self._pass = asyncio.Lock()
 
     def inbox_for(self, name: str) -> Inbox | None:
         return self.inboxes.get(name) or self.inboxes.get("default")
@@ -72,7 +75,7 @@ class Outbox:
             problems.append(f"{row['ref']} is dead after {row['attempts']} attempt(s): {row['last_error']} "
                             f"(fix the inbox, then 'run_bot.py outbox retry {row['ref']}')")
         cutoff = now - self.policy.alert_after
-        for row in self.store.outbox("pending"):
+        for row in self.store.outbox("pending") + self.store.outbox("sending"):
             if datetime.fromisoformat(row["created_at"]) < cutoff:
                 problems.append(f"{row['ref']} has waited since {row['created_at']} ({row['attempts']} attempt(s); "
                                 f"last error: {row['last_error'] or 'none'})")
@@ -83,37 +86,41 @@ class Outbox:
     async def deliver_due(self, now: datetime, limit: int = 100) -> Report:
         """One pass: try every row that is due now (at most `limit`)."""
         report = Report()
-        for row in self.store.due(now, limit):
-            ref = row["ref"]
-            inbox = self.inbox_for(row["inbox"])
-            attempts = row["attempts"] + 1
-            if inbox is None:
-                error = f"no inbox '{row['inbox']}' and no 'default' inbox in the config (add it under inboxes:)"
-                self.store.failed(ref, error, None, attempts, now)
-                report.dead.append(ref)
-                log.error("case delivery dead ref=%s: %s", ref, error)
-                continue
-            try:
-                receipt = await inbox.deliver(_letter(row))
-            except DeliveryError as exc:
-                dead = not exc.retryable or attempts >= self.policy.max_attempts
-                next_at = None if dead else now + backoff(attempts, self.policy, self.rng)
-                self.store.failed(ref, str(exc), next_at, attempts, now)
-                (report.dead if dead else report.retrying).append(ref)
-                log.log(logging.ERROR if dead else logging.WARNING, "case delivery %s ref=%s attempt=%d: %s",
-                        "dead" if dead else "failed", ref, attempts, exc)
-                continue
-            except Exception as exc:  # an adapter bug must not stop the other deliveries
-                log.exception("inbox adapter failed ref=%s", ref)
-                next_at = now + backoff(attempts, self.policy, self.rng)
-                dead = attempts >= self.policy.max_attempts
-                self.store.failed(ref, f"unexpected error: {exc!r}", None if dead else next_at, attempts, now)
-                (report.dead if dead else report.retrying).append(ref)
-                continue
-            self.store.delivered(ref, receipt, attempts, now)
-            report.delivered.append(row)
-            log.info("case delivered ref=%s inbox=%s", ref, row["inbox"])
+        async with self._pass:  # one pass at a time in this process; claims keep other processes apart
+            for row in self.store.due(now, limit):
+                if self.store.claim(row["ref"], now, self.policy.lease):
+                    await self._deliver_one(row, now, report)
         return report
+
+    async def _deliver_one(self, row: dict, now: datetime, report: Report) -> None:
+        """One attempt at one claimed delivery, and its result recorded."""
+        ref = row["ref"]
+        inbox = self.inbox_for(row["inbox"])
+        attempts = row["attempts"] + 1
+        if inbox is None:
+            error = f"no inbox '{row['inbox']}' and no 'default' inbox in the config (add it under inboxes:)"
+            self._failed(ref, error, attempts, now, report, permanent=True)
+            return
+        try:
+            receipt = await inbox.deliver(_letter(row))
+        except DeliveryError as exc:
+            self._failed(ref, str(exc), attempts, now, report, permanent=not exc.retryable)
+            return
+        except Exception as exc:  # an adapter bug must not stop the other deliveries
+            log.exception("inbox adapter failed ref=%s", ref)
+            self._failed(ref, f"unexpected error: {exc!r}", attempts, now, report, permanent=False)
+            return
+        self.store.delivered(ref, receipt, attempts, now)
+        report.delivered.append(row)
+        log.info("case delivered ref=%s inbox=%s", ref, row["inbox"])
+
+    def _failed(self, ref: str, error: str, attempts: int, now: datetime, report: Report, permanent: bool) -> None:
+        dead = permanent or attempts >= self.policy.max_attempts
+        next_at = None if dead else now + backoff(attempts, self.policy, self.rng)
+        self.store.failed(ref, error, next_at, attempts, now)
+        (report.dead if dead else report.retrying).append(ref)
+        log.log(logging.ERROR if dead else logging.WARNING, "case delivery %s ref=%s attempt=%d: %s",
+                "dead" if dead else "failed", ref, attempts, error)
 
 
 def _letter(row: dict) -> Letter:

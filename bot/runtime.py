@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from collections import defaultdict
+import weakref
 from datetime import UTC, datetime
 
 from bot.core import Brain, agent_said, handle, remind, ticket_event
@@ -37,6 +37,7 @@ from bot.store import Store
 
 log = logging.getLogger("rightsdesk.runtime")
 SHARED_TRANSCRIPT_LINES = 20  # the recent conversation an agent sees, with the resident's consent
+EXPORT_PART = 12_000  # characters of /mydata JSON per message where the channel cannot send a file
 
 
 class Runtime:
@@ -47,9 +48,15 @@ class Runtime:
         self.outbox = outbox
         self.channels = channels or {}
         self.desk = desk
-        self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # Logs name residents by a keyed hash only (GDPR Art. 32); a fixed salt keeps tokens stable across restarts.
         self.salt = (os.environ.get("RIGHTSDESK_LOG_SALT") or secrets.token_hex(16)).encode()
+
+    def failed(self, message: Incoming, exc: Exception, doing: str) -> Outcome:
+        log.error("%s failed channel=%s user=%s error=%s: %s", doing, message.channel, self.pseudonym(message.user),
+                  type(exc).__name__, exc)
+        k = self.brain.knowledge
+        return Outcome(State(), (Reply(k.text("error", k.languages[0])),))
 
     async def remind(self, now: datetime) -> int:
         """Scheduled job: tell residents who have not written that a deadline passed (once per case and deadline).
@@ -59,7 +66,7 @@ class Runtime:
             channel = self.channels.get(channel_name)
             if channel is None:
                 continue
-            async with self._locks[(channel_name, user)]:
+            async with self.lock(channel_name, user):
                 state = self.store.load_state(channel_name, user)
                 outcome = remind(state, now, self.brain, channel_name, user)
                 if outcome is None:
@@ -79,10 +86,18 @@ class Runtime:
     def process(self, message: Incoming) -> Outcome:
         """Handle one message and commit its effects; on a bug, answer kindly and keep nothing half-done."""
         started = time.perf_counter()
-        if message.id is not None and self.store.handled(message.channel, message.id):
-            log.info("message already handled channel=%s user=%s", message.channel, self.pseudonym(message.user))
-            return Outcome(State())
-        state = self.store.load_state(message.channel, message.user)
+        try:
+            if message.id is not None:
+                repeated = self.store.handled(message.channel, message.id)
+                if repeated is not None:
+                    # Delivered again (a crash between our commit and the channel's acknowledgement): the same
+                    # replies again, not the work again (Matrix sends them with the same transaction ids).
+                    log.info("message already handled channel=%s user=%s", message.channel,
+                             self.pseudonym(message.user))
+                    return Outcome(State(), repeated)
+            state = self.store.load_state(message.channel, message.user)
+        except Exception as exc:
+            return self.failed(message, exc, "loading the conversation")
         try:
             outcome = handle(message, state, self.brain)
         except Exception as exc:
@@ -92,7 +107,11 @@ class Runtime:
                       type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             lang = state.lang or state.last_lang or self.brain.knowledge.languages[0]
             return Outcome(state, (Reply(self.brain.knowledge.text("error", lang)),))
-        self.store.commit(message, outcome)
+        try:
+            self.store.commit(message, outcome)
+        except Exception as exc:
+            # Nothing of this message was kept: say so rather than send replies about what was not saved.
+            return self.failed(message, exc, "saving the message")
         log.info("message handled channel=%s user=%s replies=%d effects=%s ms=%.1f", message.channel,
                  self.pseudonym(message.user), len(outcome.replies),
                  ",".join(type(e).__name__ for e in outcome.effects) or "-", (time.perf_counter() - started) * 1000)
@@ -104,10 +123,14 @@ class Runtime:
         if self.desk is not None and self.desk.is_staff_room(message.channel, message.user):
             await self.on_staff(message)
             return
-        async with self._locks[(message.channel, message.user)]:
+        async with self.lock(message.channel, message.user):
             outcome = self.process(message)
             for reply in outcome.replies:
-                await channel.send(message.user, reply)
+                await self.send(channel, message.user, reply)
+            if any(isinstance(e, Forget) for e in outcome.effects):
+                self.store.checkpoint()  # erased rows must leave the write-ahead log too, not only the tables
+            if any(isinstance(e, Export) for e in outcome.effects):
+                await self.send_export(channel, message.user, outcome.state)
         for effect in outcome.effects:
             if isinstance(effect, TicketOpened):
                 await self.post_ticket(effect.ticket, message)
@@ -116,14 +139,27 @@ class Runtime:
                                     effect.ref)
             elif isinstance(effect, TicketLeft):
                 await self.to_staff(self.staff_text("staff_left", ref=effect.ref), effect.ref)
-            if any(isinstance(e, Forget) for e in outcome.effects):
-                self.store.compact()  # erased rows must leave the file and its log, not only the tables
-            if any(isinstance(e, Export) for e in outcome.effects):
-                await self.send_export(channel, message.user, outcome.state)
         if self.outbox is not None and any(isinstance(e, CaseFiled) for e in outcome.effects):
             # A new case goes out at once; the scheduled pass retries what fails. The message's own time counts
             # as now at the least, so that a case is never "not yet due" for a clock a little behind the channel's.
             await self.deliver(max(datetime.now(UTC), message.at))
+
+    def lock(self, channel: str, user: str) -> asyncio.Lock:
+        """The lock of one conversation; it lives while someone holds or awaits it (the map does not grow)."""
+        key = (channel, user)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def send(self, channel: Channel, user: str, reply: Reply) -> str | None:
+        """Send one reply; a failed send is logged and does not stop the rest of the message's work (what it
+        reported is committed: the resident sees it with /status, /letter or the next reply)."""
+        try:
+            return await channel.send(user, reply)
+        except SendError as exc:
+            log.warning("a reply was not sent channel=%s user=%s: %s", channel.name, self.pseudonym(user), exc)
+            return None
 
     # -- the help desk -------------------------------------------------------------------------------------------
 
@@ -213,15 +249,12 @@ class Runtime:
         if channel is None or not ticket["user"]:
             log.error("help desk: the resident's channel %s is not running", ticket["channel"])
             return
-        async with self._locks[(ticket["channel"], ticket["user"])]:
+        async with self.lock(ticket["channel"], ticket["user"]):
             state = self.store.load_state(ticket["channel"], ticket["user"])
             outcome = decide(state)
             self.store.commit(Incoming(ticket["channel"], ticket["user"], "", now, kind="system"), outcome)
             for reply in outcome.replies:
-                try:
-                    await channel.send(ticket["user"], reply)
-                except SendError as exc:
-                    log.error("help desk: could not reach the resident of %s: %s", ticket["ref"], exc)
+                await self.send(channel, ticket["user"], reply)
 
     async def send_export(self, channel: Channel, user: str, state: State) -> None:
         """Send everything held about the resident: a summary, then the data as a JSON file (or message)."""
@@ -232,12 +265,14 @@ class Runtime:
                          messages=len(data["conversation"]), cases=len(data["cases"]),
                          retention_days=self.brain.policy.retention_days)
         body = json.dumps(data, ensure_ascii=False, indent=2)
-        await channel.send(user, Reply(summary))
+        await self.send(channel, user, Reply(summary))
         send_file = getattr(channel, "send_file", None)
         if send_file is not None:
             await send_file(user, "my-data.json", body.encode())
-        else:
-            await channel.send(user, Reply(body))
+            return
+        # No files on this channel: the JSON in parts small enough for any message (Matrix events: 64 KB).
+        for start in range(0, len(body), EXPORT_PART):
+            await self.send(channel, user, Reply(body[start:start + EXPORT_PART]))
 
     async def deliver(self, now: datetime | None = None) -> Report | None:
         """One outbox pass; tell each resident whose case was delivered (GDPR Art. 12: keep them informed)."""
@@ -251,7 +286,7 @@ class Runtime:
             text = self.brain.knowledge.text("delivered", row["lang"] or self.brain.knowledge.languages[0],
                                              ref=row["ref"])
             try:
-                async with self._locks[(row["channel"], row["user"])]:
+                async with self.lock(row["channel"], row["user"]):
                     await channel.send(row["user"], Reply(text))
             except SendError as exc:
                 log.warning("could not tell a resident their case was delivered (%s)", exc)

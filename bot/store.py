@@ -26,6 +26,7 @@ from bot.messages import (
     Forget,
     Incoming,
     Outcome,
+    Reply,
     State,
     TicketLeft,
     TicketOpened,
@@ -104,7 +105,12 @@ def _v4(db: sqlite_utils.Database) -> None:
     db["handled"].create_index(["at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    # The replies given to a handled message, to give them again (not redo the work) when it is delivered again.
+    db["handled"].add_column("replies", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
 SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
@@ -157,10 +163,16 @@ class Store:
 
     # -- conversations ----------------------------------------------------------------------------------------
 
-    def handled(self, channel: str, message_id: str) -> bool:
-        """Whether a message with this platform id was already committed."""
-        return self.db.execute("SELECT 1 FROM handled WHERE channel = ? AND id = ?", [channel, message_id]
-                               ).fetchone() is not None
+    def handled(self, channel: str, message_id: str) -> tuple[Reply, ...] | None:
+        """The replies given to a message with this platform id, if it was already committed (else None)."""
+        row = self.db.execute("SELECT replies FROM handled WHERE channel = ? AND id = ?", [channel, message_id]
+                              ).fetchone()
+        if row is None:
+            return None
+        try:
+            return tuple(Reply(text, tuple(choices)) for text, choices in json.loads(self.cipher.open(row[0]) or "[]"))
+        except (ValueError, TypeError):
+            return ()
 
     def load_state(self, channel: str, user: str) -> State:
         row = self.db.execute(
@@ -189,7 +201,9 @@ class Store:
         at = _iso(message.at)
         with self.transaction():
             if message.id is not None:
-                self.db["handled"].insert({"channel": message.channel, "id": message.id, "at": at}, replace=True)
+                replies = json.dumps([[r.text, list(r.choices)] for r in outcome.replies], ensure_ascii=False)
+                self.db["handled"].insert({"channel": message.channel, "id": message.id, "at": at,
+                                           "replies": self.cipher.seal(replies)}, replace=True)
             self.db["conversations"].upsert(
                 {
                     "channel": message.channel,
@@ -232,7 +246,7 @@ class Store:
     def _file(self, message: Incoming, case: Case, at: str) -> None:
         self.db["cases"].insert({
             "ref": case.ref, "channel": message.channel, "user": message.user, "flow": case.flow,
-            "city": case.city, "lang": case.lang, "filed_at": _iso(case.filed_at), "filed": at[:10],
+            "city": case.city, "lang": case.lang, "filed_at": _iso(case.filed_at), "filed": case.filed.isoformat(),
             "answers": self.cipher.seal(json.dumps(dict(case.answers), ensure_ascii=False)),
             "subject": self.cipher.seal(case.subject), "letter": self.cipher.seal(case.letter),
             "resident_letter": self.cipher.seal(case.resident_letter), "inbox": case.inbox,
@@ -271,7 +285,7 @@ class Store:
             "SELECT c.ref, o.status FROM cases c LEFT JOIN outbox o ON o.ref = c.ref "
             "WHERE c.channel = ? AND c.user = ?", [channel, user]).fetchall()
         for ref, delivery in refs:
-            if delivery == "delivered":
+            if delivery in ("delivered", "sending"):  # the city has it, or may have it by now
                 self.db.execute(
                     "UPDATE cases SET channel = '', user = '', answers = NULL, subject = NULL, letter = NULL, "
                     "resident_letter = NULL WHERE ref = ?", [ref])
@@ -344,6 +358,10 @@ class Store:
                                "ORDER BY id DESC LIMIT ?", [channel, user, limit]).fetchall()
         return [{"at": r[0], "direction": r[1], "text": self.cipher.open(r[2])} for r in reversed(rows)]
 
+    def checkpoint(self) -> None:
+        """Move everything out of the write-ahead log (secure_delete already zeroed what was deleted)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def compact(self) -> None:
         """Move everything out of the write-ahead log and drop free pages, so erased data leaves the files."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -404,7 +422,9 @@ class Store:
         with self.transaction():
             for table, key, columns in (("conversations", ("channel", "user"), ("state",)),
                                         ("transcript", ("id",), ("text",)),
-                                        ("cases", ("ref",), SEALED_CASE_COLUMNS)):
+                                        ("cases", ("ref",), SEALED_CASE_COLUMNS),
+                                        ("tickets", ("ref",), ("question",)),
+                                        ("handled", ("channel", "id"), ("replies",))):
                 for row in self.db[table].rows:
                     changes = {c: self.cipher.reseal(row[c]) for c in columns if row[c] is not None}
                     if changes:
@@ -436,11 +456,21 @@ class Store:
         sql = (
             "SELECT o.ref, o.inbox, o.attempts, c.subject, c.letter, c.lang, c.flow, c.city, c.filed_at, "
             "c.deadline, c.answers, c.channel, c.user FROM outbox o JOIN cases c ON c.ref = o.ref "
-            "WHERE o.status = 'pending' AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?"
+            "WHERE o.status IN ('pending', 'sending') AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?"
         )
         cursor = self.db.execute(sql, [_iso(now), limit])
         names = [d[0] for d in cursor.description]
         return [self._opened(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+    def claim(self, ref: str, now: datetime, lease: timedelta) -> bool:
+        """Take a due delivery for one attempt: no other pass (in this process or another) takes it until the
+        lease ends. A worker that dies mid-delivery leaves a lease that runs out, and the case is tried again:
+        at least once, never lost."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE outbox SET status = 'sending', next_at = ? WHERE ref = ? "
+                "AND status IN ('pending', 'sending') AND next_at <= ?", [_iso(now + lease), ref, _iso(now)])
+        return cursor.rowcount == 1
 
     def delivered(self, ref: str, receipt: Receipt, attempts: int, now: datetime) -> None:
         at = _iso(now)
@@ -469,7 +499,8 @@ class Store:
     def due_now(self, now: datetime) -> int:
         """Make every pending delivery due now (staff, after an inbox outage is fixed)."""
         with self.transaction():
-            return self.db.execute("UPDATE outbox SET next_at = ? WHERE status = 'pending'", [_iso(now)]).rowcount
+            return self.db.execute("UPDATE outbox SET next_at = ? WHERE status IN ('pending', 'sending')",
+                                   [_iso(now)]).rowcount
 
     def retry(self, ref: str, now: datetime) -> bool:
         """Put a dead delivery back in the queue (staff: `run_bot.py outbox retry REF`)."""

@@ -253,7 +253,8 @@ def test_open311_that_never_answers_in_time_is_retryable():
 def filed_store(tmp_path: Path) -> Store:
     """A real store holding one case filed as the core files it: a CaseFiled effect committed with its message."""
     store = Store(tmp_path / "db.sqlite")
-    case = Case(ref=REF, flow="data-request", city="amsterdam", lang="en", filed_at=AT, answers=ANSWERS,
+    case = Case(ref=REF, flow="data-request", city="amsterdam", lang="en", filed_at=AT, filed=AT.date(),
+                answers=ANSWERS,
                 subject=LETTER.subject, letter=LETTER.body, resident_letter=LETTER.body, inbox="privacy",
                 deadline=date(2026, 12, 28), rule="gdpr-art-12")
     store.commit(Incoming("console", "resident-1", "1", AT), Outcome(State(), (), (CaseFiled(case),)))

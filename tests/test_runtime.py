@@ -50,3 +50,47 @@ def test_an_answered_case_gets_no_reminder(tmp_path):
     ref = runtime.store.cases_of("console", "resident-7")[0].ref
     runtime.store.mark_answered(ref, T0 + timedelta(days=5))
     assert asyncio.run(runtime.remind(T0 + timedelta(days=40))) == 0
+
+
+def test_two_delivery_passes_at_once_deliver_a_case_once(tmp_path):
+    from bot.ports import Receipt
+
+    runtime, channel = make(tmp_path, inbox_up=False)
+    converse(runtime, channel, "resident-7", file_a_request())  # the inbox is down: the case waits
+    calls = []
+
+    class Slow:
+        async def deliver(self, letter):  # noqa: ANN001, ANN202
+            calls.append(letter.ref)
+            await asyncio.sleep(0.05)
+            return Receipt("id")
+
+    runtime.outbox.inboxes = {"default": Slow()}
+    runtime.store.due_now(T0 + timedelta(hours=1))
+
+    async def both() -> None:
+        await asyncio.gather(runtime.deliver(T0 + timedelta(hours=1)), runtime.deliver(T0 + timedelta(hours=1)))
+
+    asyncio.run(both())
+    assert len(calls) == 1
+    told = [r.text for _, r in channel.sent if "delivered to the city" in r.text]
+    assert len(told) == 1
+
+
+def test_a_store_failure_gets_the_error_text_and_keeps_nothing(tmp_path, monkeypatch):
+    runtime, channel = make(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(runtime.store, "commit", broken)
+    converse(runtime, channel, "u", ["/start"])
+    assert channel.sent[-1][1].text == runtime.brain.knowledge.text("error", "nl")
+
+
+def test_a_case_filed_after_midnight_in_the_city_counts_from_the_local_date(tmp_path):
+    runtime, channel = make(tmp_path)
+    late = T0.replace(hour=23, minute=30)  # 00:30 on the 26th in Amsterdam
+    converse(runtime, channel, "night", file_a_request(), late)
+    (case,) = runtime.store.cases_of("console", "night")
+    assert case.filed == "2026-11-26" and case.deadline == "2026-12-28"
