@@ -117,7 +117,7 @@ class App:
         policy = Policy(retention_days=self.config.retention_days,
                         rate_limit=self.config.rate_limit if rate_limit is True else rate_limit)
         if desk is not None:
-            policy = Policy(policy.retention_days, policy.rate_limit, desk.hours, desk.escalate_after)
+            policy = Policy(policy.retention_days, policy.rate_limit, desk.hours, desk.escalate_after, helpdesk=True)
         return Brain.build(self.knowledge(), policy)
 
     def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database

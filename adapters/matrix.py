@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import json
 import logging
@@ -143,7 +144,7 @@ class MatrixChannel:
                                 "the homeserver may be down", retryable=True) from exc
             except (LocalProtocolError, OlmUnverifiedDeviceError, EncryptionError) as exc:
                 # "No such room": the bot is not (or no longer) in that room; nothing later will change that.
-                raise SendError(f"matrix: cannot send to room {user}: {exc}", retryable=False) from exc
+                raise SendError(f"matrix: cannot send to room {_hidden(user)}: {exc}", retryable=False) from exc
             if isinstance(response, RoomSendResponse):
                 return response.event_id
             if not isinstance(response, ErrorResponse):
@@ -155,7 +156,7 @@ class MatrixChannel:
                 await asyncio.sleep(wait)
                 continue
             status = _http_status(response)
-            raise SendError(f"matrix: the homeserver refused a reply to room {user} "
+            raise SendError(f"matrix: the homeserver refused a reply to room {_hidden(user)} "
                             f"({response.status_code}: {response.message})",
                             retryable=response.status_code == "M_LIMIT_EXCEEDED" or status >= 500)
 
@@ -330,11 +331,11 @@ class MatrixChannel:
     async def _accept_invitations(self, client: AsyncClient, response: SyncResponse) -> None:
         for room_id in response.rooms.invite:
             if not self._welcome(client, room_id):
-                log.info("matrix: left an invitation to a group room unanswered (%s)", room_id)
+                log.info("matrix: left an invitation to a group room unanswered (%s)", _hidden(room_id))
                 continue
             joined = await client.join(room_id)
             if isinstance(joined, JoinError):
-                log.warning("matrix: could not join %s (%s: %s)", room_id, joined.status_code, joined.message)
+                log.warning("matrix: could not join %s (%s: %s)", _hidden(room_id), joined.status_code, joined.message)
 
     def _welcome(self, client: AsyncClient, room_id: str) -> bool:
         """Join the rooms staff listed, and what looks like a direct chat: the inviter and the bot.
@@ -361,10 +362,10 @@ class MatrixChannel:
                 # A group: only the rooms staff listed are read (channels.matrix.allowed_rooms). One the bot
                 # just joined, invited as if to a direct chat, is left; a direct chat that grew is only ignored.
                 if joins:
-                    log.info("matrix: leaving %s: a group room not in allowed_rooms", room_id)
+                    log.info("matrix: leaving %s: a group room not in allowed_rooms", _hidden(room_id))
                     left = await client.room_leave(room_id)
                     if isinstance(left, ErrorResponse):
-                        log.warning("matrix: could not leave %s (%s)", room_id, left.status_code)
+                        log.warning("matrix: could not leave %s (%s)", _hidden(room_id), left.status_code)
                 continue
             # What was said before the bot joined this room is history, not a question to it.
             for event in events[joins[-1] + 1:] if joins else events:
@@ -385,7 +386,7 @@ class MatrixChannel:
             return None
         if isinstance(event, MegolmEvent):
             # Still encrypted: the resident's device did not share its key with ours (yet).
-            log.warning("matrix: could not decrypt event %s in %s", event.event_id, room.room_id)
+            log.warning("matrix: could not decrypt an event in %s", _hidden(room.room_id))
             return None
         source = event.source if isinstance(getattr(event, "source", None), dict) else {}
         content = source.get("content") if isinstance(source.get("content"), dict) else {}
@@ -549,6 +550,11 @@ def _without_reply_fallback(body: str, relation: Mapping[str, Any]) -> str:
     while rest < len(lines) and lines[rest].startswith(">"):
         rest += 1
     return "\n".join(lines[rest:]).lstrip("\n")
+
+
+def _hidden(room_id: str) -> str:
+    """A room as logs may name it: a short hash (a direct room's id identifies a resident; docs/privacy.md)."""
+    return "room-" + hashlib.sha256(room_id.encode()).hexdigest()[:10]
 
 
 def _backoff(failures: int) -> float:

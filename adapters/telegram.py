@@ -214,6 +214,9 @@ class TelegramChannel:
         if not self._serves(message.chat.type, message.chat.id):
             return None
         at = message.date.astimezone(UTC)
+        # Telegram re-posts an update it thinks was not received (webhook mode): its id lets the runtime answer
+        # it once.
+        message_id = f"m{message.chat.id}:{message.message_id}"
         if message.text is not None:
             if message.chat.type in ("group", "supergroup"):
                 # A group is the help desk's staff room: who wrote, and which post they reply to, matter.
@@ -222,10 +225,10 @@ class TelegramChannel:
                 return Incoming(self.name, str(message.chat.id), message.text, at,
                                 sender=str(sender.id) if sender else None,
                                 sender_name=sender.first_name if sender else None,
-                                reply_to=str(replied.message_id) if replied else None)
-            return Incoming(self.name, str(message.chat.id), message.text, at)
+                                reply_to=str(replied.message_id) if replied else None, id=message_id)
+            return Incoming(self.name, str(message.chat.id), message.text, at, id=message_id)
         if any(getattr(message, kind, None) for kind in MEDIA):
-            return Incoming(self.name, str(message.chat.id), "", at, kind="media")
+            return Incoming(self.name, str(message.chat.id), "", at, kind="media", id=message_id)
         return None
 
     def _pressed(self, update: Update) -> Incoming | None:
@@ -243,7 +246,7 @@ class TelegramChannel:
             # Unknown after a restart: the number alone picks the same choice (the core keeps the offers).
             text = labels[n - 1] if 0 < n <= len(labels) else str(n)
         # A press has no date of its own (its message's date is when the bot wrote it): now is when it happened.
-        return Incoming(self.name, user, text, datetime.now(UTC))
+        return Incoming(self.name, user, text, datetime.now(UTC), id=f"c{query.id}")
 
     async def _acknowledge(self, update: Update, remove: bool) -> None:
         """Answer the press (the client stops its spinner) and remove that message's keyboard."""

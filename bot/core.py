@@ -71,6 +71,7 @@ class Policy:
     rate_limit: int | None = 20  # messages per minute per resident; None: no limit (the local console)
     office_hours: OfficeHours = OfficeHours()  # when help-desk agents answer
     escalate_after: int = 2  # "I don't know" answers in a row before the bot offers a person by itself
+    helpdesk: bool = False  # a staff room is connected: the handoff flow opens tickets agents answer in the chat
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ def handle(message: Incoming, state: State, brain: Brain) -> Outcome:
         return turn.say(turn.t("too_long", limit=MAX_MESSAGE_CHARS), turn.state.offers)
     if not text:
         return turn.say(turn.t("empty"), turn.state.offers or turn.menu_offers())
+    if state.flow is not None and not turn.flow_is_valid():
+        # The flow changed under the resident (staff edited its steps): start it afresh rather than fail.
+        return turn.say(turn.t("flow_changed"), turn.menu_offers(), flow=None)
     action = _chosen(text, state)
     if action:
         return turn.act(action)
@@ -137,11 +141,12 @@ def agent_said(state: State, brain: Brain, name: str, text: str) -> Outcome:
     return Outcome(state.but(offers=(Offer(reply.choices[0], "leave"),), handoff=handoff), (reply,))
 
 
-def ticket_event(state: State, brain: Brain, key: str, at: datetime, name: str = "") -> Outcome:
-    """Tell the resident what happened to their ticket: claimed by an agent, or closed (back to the bot)."""
+def ticket_event(state: State, brain: Brain, key: str, at: datetime, name: str = "", ref: str = "") -> Outcome:
+    """Tell the resident what happened to their ticket `ref`: claimed by an agent, or closed (back to the bot)."""
     turn = _Turn(brain, state, Incoming("", "", "", at))
     if key == "ticket_closed":
-        return turn.say(turn.t(key, name=name), turn.menu_offers(), handoff=None)
+        still_open = state.handoff is not None and state.handoff.get("ref") != ref
+        return turn.say(turn.t(key, name=name), turn.menu_offers(), handoff=state.handoff if still_open else None)
     return Outcome(state, (Reply(turn.t(key, name=name)),))
 
 
@@ -402,7 +407,8 @@ class _Turn:
             # Kept for staff to improve the FAQ: text and language only, with contact and ID numbers masked.
             self.effects.append(Unanswered(mask(text[:500]), self.lang))
         misses = self.state.misses + 1
-        if misses >= self.brain.policy.escalate_after and "handoff" in self.k.flows and self.state.handoff is None:
+        if (misses >= self.brain.policy.escalate_after and self.brain.policy.helpdesk and "handoff" in self.k.flows
+                and self.state.handoff is None):
             # Failing again and again helps nobody: offer a person, with the question already filled in.
             self.pre.append(Reply(self.t("dont_know") + "\n" + self.t("escalate")))
             self.state = self.state.but(misses=0)
@@ -415,6 +421,13 @@ class _Turn:
 
     def start_flow(self, flow_id: str, prefill: dict[str, str] | None = None) -> Outcome:
         flow = self.k.flows[flow_id]
+        if flow.ticket and not self.brain.policy.helpdesk:
+            # No staff room is connected to this bot: say so, and how to reach the city, instead of a queue that
+            # nobody reads.
+            return self.say(self.t("no_helpdesk", contact=self.helpdesk_contact()), self.menu_offers())
+        if flow.ticket and self.state.handoff is not None:
+            return self.say(self.t("already_ticket", ref=self.state.handoff["ref"]),
+                            (Offer(self.t("back_to_bot"), "leave"),))
         at = self.message.at.isoformat()
         answers = dict(prefill or {})
         first = flow_engine.next_step(flow, answers)
@@ -427,6 +440,14 @@ class _Turn:
         if first is None:
             return self.summary()
         return self.ask_step()
+
+    def flow_is_valid(self) -> bool:
+        fstate = self.state.flow or {}
+        flow = self.k.flows.get(fstate.get("id", ""))
+        at = fstate.get("at")
+        return (flow is not None and fstate.get("phase") in ("step", "summary", "edit", "resume")
+                and isinstance(fstate.get("answers"), dict)
+                and (at is None or (isinstance(at, int) and 0 <= at < len(flow.steps))))
 
     def flow(self) -> tuple[Flow, dict[str, Any]]:
         fstate = dict(self.state.flow or {})
@@ -688,6 +709,14 @@ class _Turn:
         return subject, body.strip()
 
     # -- the help desk ----------------------------------------------------------------------------------------
+
+    def helpdesk_contact(self) -> str:
+        office = self.k.city.offices.get("helpdesk")
+        if office is None:
+            return self.k.pick(self.k.city.name, self.lang)
+        parts = [self.k.pick(office.name, self.lang)] if office.name else []
+        parts += [p for p in (office.phone, office.url) if p and p not in " ".join(parts)]
+        return ", ".join(parts)
 
     def open_ticket(self, flow: Flow, answers: dict[str, Any]) -> Outcome:
         ref = make_ref(self.k.city.code, flow.code, self.message.channel, self.message.user,

@@ -136,6 +136,9 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "staff_help": ("usage",),
         "staff_case": ("ref", "flow", "status", "deadline"),
         "staff_sent": ("ref",),
+        "no_helpdesk": ("contact",),
+        "already_ticket": ("ref",),
+        "flow_changed": (),
     }.items()
 }
 

@@ -239,8 +239,8 @@ class Runtime:
             await self.tell_resident(ticket, lambda state: agent_said(state, self.brain, name, command.text), now)
         elif command.kind == "close":
             self.store.close_ticket(ticket["ref"], now, sender)
-            await self.tell_resident(ticket, lambda state: ticket_event(state, self.brain, "ticket_closed", now, name),
-                                     now)
+            await self.tell_resident(ticket, lambda state: ticket_event(state, self.brain, "ticket_closed", now, name,
+                                                                        ticket["ref"]), now)
             await self.to_staff(self.staff_text("staff_closed", ref=ticket["ref"], name=name), ticket["ref"])
 
     async def tell_resident(self, ticket: dict, decide, now: datetime) -> None:  # noqa: ANN001

@@ -229,3 +229,13 @@ def test_knowledge_flows_are_clean_for_each_city():
         k = knowledgelib.load(city=city)
         assert set(k.flows) == {"data-request", "complaint", "foi-request", "handoff"}
         assert "foi" in k.deadlines
+
+
+def test_a_flow_changed_by_staff_is_stopped_kindly():
+    chat = english()
+    chat.say("I want to file a data protection request")
+    chat.state = chat.state.but(flow={**chat.state.flow, "at": 99})  # a step that no longer exists
+    (reply,) = chat.say("parking")
+    assert reply.text == chat.brain.knowledge.text("flow_changed", "en") and chat.state.flow is None
+    chat.state = chat.state.but(flow={"id": "no-such-flow", "phase": "step", "at": 0, "answers": {}})
+    assert chat.text("1") == chat.brain.knowledge.text("flow_changed", "en")

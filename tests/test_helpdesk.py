@@ -36,7 +36,7 @@ class Desk_:
     def __init__(self, tmp_path, office_hours=None) -> None:
         desk = Desk("matrix", ROOM, frozenset({AGENT}), OfficeHours.parse(office_hours, "Europe/Amsterdam"),
                     language="en")
-        brain = Brain.build(load(city="amsterdam"), Policy(office_hours=desk.hours))
+        brain = Brain.build(load(city="amsterdam"), Policy(office_hours=desk.hours, helpdesk=True))
         self.telegram, self.matrix = Channel("telegram"), Channel("matrix")
         self.runtime = Runtime(brain, Store(tmp_path / "db.sqlite"), None,
                                {"telegram": self.telegram, "matrix": self.matrix}, desk)
@@ -170,3 +170,26 @@ def test_office_hours():
     assert hours.is_open(datetime(2026, 11, 25, 10, 0, tzinfo=UTC))
     assert not hours.is_open(datetime(2026, 11, 29, 10, 0, tzinfo=UTC))  # Sunday
     assert hours.next_opening(datetime(2026, 11, 28, 12, 0, tzinfo=UTC)).isoformat().startswith("2026-11-30T09:00")
+
+
+def test_without_a_help_desk_the_bot_says_how_to_reach_the_city(tmp_path):
+    from .conftest import Chat
+
+    chat = Chat(Brain.build(load(city="amsterdam"), Policy()))
+    chat.say("/language en")
+    (reply,) = chat.say("I want to talk to a person")
+    assert "not connected to a help desk" in reply.text and "14 020" in reply.text
+    assert chat.state.flow is None
+    chat.say("recipe for a chocolate cake")
+    chat.say("best pizza in town")
+    assert chat.state.flow is None  # no escalation into a queue nobody reads
+
+
+def test_a_second_ticket_is_not_opened_and_closing_the_first_keeps_the_state_right(tmp_path):
+    desk = Desk_(tmp_path)
+    ref = desk.ask_for_a_person()
+    out = desk.resident("/menu")
+    assert out  # the menu, while the ticket stays open
+    out = desk.resident("Talk to a person")
+    assert f"already have a question with the help desk ({ref})" in out[-1]
+    assert len(desk.runtime.store.tickets("open")) == 1

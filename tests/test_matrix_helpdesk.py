@@ -81,7 +81,7 @@ def test_a_matrix_staff_room_round_trip(synapse, tmp_path):  # noqa: F811
         desk = Desk("matrix", room, frozenset({agent_id}), language="en")
         channel = MatrixChannel.from_settings(bot.settings, bot.data)
         bot.store = Store(bot.data / "rightsdesk.sqlite")
-        runtime = Runtime(Brain.build(load(city="amsterdam"), Policy()), bot.store, None, {"matrix": channel}, desk)
+        runtime = Runtime(Brain.build(load(city="amsterdam"), Policy(helpdesk=True)), bot.store, None, {"matrix": channel}, desk)
         bot.task = asyncio.create_task(channel.run(lambda message: runtime.on_message(channel, message)))
         try:
             async with Resident(synapse, resident_id, resident_password, tmp_path / "resident", bot) as resident:

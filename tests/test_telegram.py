@@ -134,7 +134,8 @@ def test_a_message_arrives_as_incoming_with_its_chat_id_and_utc_date(api, tmp_pa
             await desk.until_handled(before + 1)
             (incoming,) = desk.incoming
             assert incoming == Incoming("telegram", str(CHAT), "/help",
-                                        datetime.fromtimestamp(1_795_000_000, UTC))
+                                        datetime.fromtimestamp(1_795_000_000, UTC), id=incoming.id)
+            assert incoming.id and incoming.id.startswith(f"m{CHAT}:")  # re-posted updates are answered once
             assert incoming.at.utcoffset().total_seconds() == 0
 
     asyncio.run(scenario())

@@ -20,7 +20,7 @@ ALICE, MALLORY = (4242, "Alice"), (9999, "Mallory")
 
 def test_a_telegram_group_staff_room_round_trip(api, tmp_path):  # noqa: F811
     desk = HelpDesk("telegram", str(GROUP), frozenset({str(ALICE[0])}), language="en")
-    runtime = Runtime(Brain.build(load(city="amsterdam"), Policy()), Store(tmp_path / "db.sqlite"), None, {}, desk)
+    runtime = Runtime(Brain.build(load(city="amsterdam"), Policy(helpdesk=True)), Store(tmp_path / "db.sqlite"), None, {}, desk)
     channel = TelegramChannel.from_settings({"token": TOKEN, "base_url": api.base_url, "allowed_groups": [GROUP]},
                                             tmp_path)
     runtime.channels["telegram"] = channel
