@@ -496,6 +496,8 @@ class _Turn:
         if fstate.get("phase") != "step":
             return self.question_mid_flow(text) or self.reprompt(self.t("choose_one"))
         step = flow.steps[fstate["at"]]
+        if step.optional and self._is_word(text, "skip"):
+            return self.take(None)  # "Skip" typed rather than tapped, in any of the bot's languages
         looks_like_question = text.rstrip().endswith("?") or len(text.split()) >= QUESTION_WORDS
         if step.type in ("choice", "yesno", "consent"):
             value = self._yes_no(text) if step.type != "choice" else self._option(step, text)
@@ -532,10 +534,13 @@ class _Turn:
             return False
         return self.message.at - touched > STALE_FLOW
 
+    def _is_word(self, text: str, key: str) -> bool:
+        """Whether `text` is the label of text `key` in any of the bot's languages (typed, not tapped)."""
+        return normalise(text) in {normalise(self.k.text(key, lg)) for lg in self.k.languages}
+
     def _yes_no(self, text: str) -> str | None:
-        word = normalise(text)
         for value in ("yes", "no"):
-            if word in {normalise(self.k.text(f"answer_{value}", lg)) for lg in self.k.languages}:
+            if self._is_word(text, f"answer_{value}"):
                 return value
         return None
 

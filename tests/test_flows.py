@@ -239,3 +239,15 @@ def test_a_flow_changed_by_staff_is_stopped_kindly():
     assert reply.text == chat.brain.knowledge.text("flow_changed", "en") and chat.state.flow is None
     chat.state = chat.state.but(flow={"id": "no-such-flow", "phase": "step", "at": 0, "answers": {}})
     assert chat.text("1") == chat.brain.knowledge.text("flow_changed", "en")
+
+
+def test_skip_and_yes_typed_in_another_language_are_understood():
+    chat = Chat(brain_for("barcelona"))
+    chat.say("/language ca")
+    chat.say("vull fer una sol·licitud de protecció de dades")
+    chat.say("1")
+    chat.say("Skip")  # English, in a Catalan conversation
+    assert "concerns" in chat.state.flow["answers"] and chat.state.flow["answers"]["concerns"] is None
+    chat.say("Omet")
+    chat.say("yes")
+    assert chat.brain.knowledge.flows["data-request"].steps[chat.state.flow["at"]].name == "full_name"
