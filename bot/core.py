@@ -55,6 +55,7 @@ FLOW_ORDER = ("data-request", "complaint", "foi-request", "handoff")  # the menu
 FLOW_ACTIONS = {"answer", "skip", "confirm", "edit", "cancel", "resume"}
 STALE_FLOW = timedelta(days=1)  # an unfinished flow untouched this long is offered again (or dropped)
 MAX_STATUS_LINES = 10
+OFFICE_ORDER = ("helpdesk", "privacy_officer", "supervisory_authority", "foi", "ombudsman")
 REF_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: references are read aloud and retyped
 REF_LENGTH = 5  # 31^5 = 28.6 million per city and flow
 LETTER_SEPARATOR = "-" * 40
@@ -224,7 +225,8 @@ class _Turn:
         offers += [Offer(self.flow_title(f), f"flow:{f}") for f in self.flow_ids()]
         if self.state.cases:
             offers.append(Offer(self.t("menu_status"), "status"))
-        offers += [Offer(self.t("menu_language"), "language"), Offer(self.t("menu_privacy"), "privacy")]
+        offers += [Offer(self.t("menu_contacts"), "contacts"), Offer(self.t("menu_language"), "language"),
+                   Offer(self.t("menu_privacy"), "privacy")]
         return tuple(offers)
 
     def language_offers(self) -> tuple[Offer, ...]:
@@ -260,9 +262,17 @@ class _Turn:
         if kind == "privacy":
             return self.after(self.t("privacy", retention_days=self.brain.policy.retention_days), self.menu_offers())
         if kind == "ask":
-            return self.say(self.t("ask_prompt"))
+            themes = sorted({e.principle for e in self.k.entries.values()})
+            return self.say(self.t("ask_prompt"), tuple(Offer(self.t(f"theme_{p}"), f"theme:{p}") for p in themes))
+        if kind == "theme" and arg.isdigit():
+            entries = [e for e in self.k.entries.values() if e.principle == int(arg)]
+            offers = tuple(Offer(self.entry_title(e), f"faq:{e.id}") for e in entries)
+            return self.say(self.t("theme_prompt", theme=self.t(f"theme_{arg}")),
+                            (*offers, Offer(self.t("choice_menu"), "menu")))
         if kind == "status":
             return self.status(arg)
+        if kind == "contacts":
+            return self.after(self.contacts(), self.menu_offers())
         if kind == "letter":
             return self.letter(arg)
         if kind == "none":
@@ -325,6 +335,10 @@ class _Turn:
             return self.why()
         if name == "/privacy":
             return self.act("privacy")
+        if name == "/topics":
+            return self.act("ask")
+        if name in ("/contact", "/contacts"):
+            return self.act("contacts")
         if name == "/status":
             return self.status(arg)
         if name == "/letter":
@@ -714,6 +728,18 @@ class _Turn:
         return subject, body.strip()
 
     # -- the help desk ----------------------------------------------------------------------------------------
+
+    def contacts(self) -> str:
+        """The city's offices from city.yaml, in the resident's language: who to contact for what."""
+        lines = [self.t("contacts_intro", city=self.k.pick(self.k.city.name, self.lang))]
+        for key in OFFICE_ORDER:
+            office = self.k.city.offices.get(key)
+            if office is None or not office.name:
+                continue
+            name = self.k.pick(office.name, self.lang)
+            details = [d for d in (office.phone, office.email, office.url) if d and d not in name]
+            lines.append(f"- {self.t('office_' + key)}: {name}" + (f" ({', '.join(details)})" if details else ""))
+        return "\n".join(lines)
 
     def helpdesk_contact(self) -> str:
         office = self.k.city.offices.get("helpdesk")

@@ -139,6 +139,15 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "no_helpdesk": ("contact",),
         "already_ticket": ("ref",),
         "flow_changed": (),
+        "menu_contacts": (),
+        "contacts_intro": ("city",),
+        "office_helpdesk": (),
+        "office_privacy_officer": (),
+        "office_supervisory_authority": (),
+        "office_foi": (),
+        "office_ombudsman": (),
+        "theme_prompt": ("theme",),
+        **{f"theme_{n}": () for n in range(6)},
     }.items()
 }
 

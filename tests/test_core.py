@@ -152,3 +152,20 @@ def test_start_deep_links_open_an_entry_or_a_flow(chat, brain):
     assert reply.text == brain.knowledge.entries["privacy.cctv"].answer["nl"]
     chat.say("/start flow-foi-request")
     assert chat.state.flow["id"] == "foi-request"
+
+
+def test_contact_lists_the_city_s_offices_with_their_sources_details(chat, brain):
+    chat.say("/language en")
+    text = chat.text("/contact")
+    assert "Autoriteit Persoonsgegevens" in text and "14 020" in text and "088 1805 250" in text
+    assert brain.knowledge.text("menu_contacts", "en") in chat.say("/menu")[0].choices
+
+
+def test_topics_by_theme_lead_to_answers(chat, brain):
+    chat.say("/language en")
+    (themes,) = chat.say("/topics")
+    assert brain.knowledge.text("theme_2", "en") in themes.choices
+    (listing,) = chat.say(brain.knowledge.text("theme_2", "en"))
+    title = brain.knowledge.entries["privacy.cctv"].title["en"]
+    assert title in listing.choices
+    assert chat.text(title) == brain.knowledge.entries["privacy.cctv"].answer["en"]
