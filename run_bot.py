@@ -95,6 +95,10 @@ class App:
     def knowledge(self) -> Knowledge:
         if not self.knowledge_dir.is_dir():
             raise UsageError(f"--knowledge {self.knowledge_dir}: no such folder (point it at a folder with common/)")
+        cities = knowledgelib.list_cities(self.knowledge_dir)
+        if self.city and self.city not in cities:
+            where = "--city" if getattr(self.args, "city", None) else f"{self.config.source}: city"
+            raise UsageError(f"{where} {self.city}: no such city pack (choose one of: {', '.join(cities)})")
         return knowledgelib.load(self.knowledge_dir, self.city)
 
     def brain(self, rate_limit: int | None = 20) -> Brain:
@@ -174,11 +178,10 @@ def cmd_chat(app: App) -> int:
     from adapters.console import Console
     from bot.runtime import Runtime
 
+    brain = app.configured_brain(rate_limit=None)  # the console is the operator's own terminal: no rate limit
     store = app.store()
     console = Console(json_lines=app.args.json, user=app.args.user)
-    # The console is the operator's own terminal (or a script): no rate limit there.
-    runtime = Runtime(app.configured_brain(rate_limit=None), store, app.outbox(store), {console.name: console},
-                      app.desk())
+    runtime = Runtime(brain, store, app.outbox(store), {console.name: console}, app.desk())
 
     async def on_message(message):  # noqa: ANN001, ANN202
         await runtime.on_message(console, message)

@@ -110,5 +110,5 @@ def test_bad_arguments_get_clear_errors(tmp_path):
     out = run("--knowledge", str(tmp_path / "nowhere"), "check")
     assert out.returncode == 2 and "no such folder" in out.stderr
     out = run("--city", "atlantis", "ask", "hello")
-    assert out.returncode == 1 and "unknown city 'atlantis'" in out.stderr
+    assert out.returncode == 2 and "--city atlantis: no such city pack (choose one of: amsterdam" in out.stderr
     assert "Traceback" not in out.stderr
