@@ -26,8 +26,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import chain
+from functools import lru_cache, reduce
+from itertools import chain, compress, repeat
+from operator import add, ge
 
 from rapidfuzz import fuzz, process
 from wordfreq import zipf_frequency
@@ -110,24 +111,23 @@ class _LanguageIndex:
     """Every entry and flow of one language as a BM25 document, with an inverted index."""
 
     def __init__(self, lang: str, items: list[tuple[Target, str]], synonyms: Mapping[str, str],
-                 prose: list[str] = (), normalised: dict[str, str] | None = None) -> None:
+                 prose: list[str] = (), normalised: dict[str, list[str]] | None = None) -> None:
         self.lang = lang
         self.synonyms = {w: c for w, c in synonyms.items() if " " not in w}
         # Phrases first, longest first, so that "wi fi" becomes "wifi" before single words are looked up.
         self.phrases = sorted(((f" {w} ", f" {c} ") for w, c in synonyms.items() if " " in w),
                               key=lambda pc: -len(pc[0]))
+        self._phrase_heads = frozenset(phrase.split()[0] for phrase, _ in self.phrases if phrase.split())
         self.stop_words = stop_words(lang)
         # The term of every word the knowledge uses (bounded by the knowledge; a question's new words are not kept).
         self._terms: dict[str, str] = {}
-        # Building reads each text two or three times (documents, keyness); split it into words once.
+        # Building reads each text two or three times (documents, keyness); split it into words once. The
+        # normalised words of most texts come from the caller (`normalised`: shared with the detector).
         self._normalised = normalised if normalised is not None else {}
-        split: dict[str, list[str]] = {}
-        for text in [t for _, t in items] + list(prose):
-            if text not in split:
-                words = split[text] = self.words_of(text)
-                for word in words:
-                    if word not in self._terms:
-                        self._terms[word] = stem(self.synonyms.get(word, word), self.lang)
+        texts = list(dict.fromkeys(chain((t for _, t in items), prose)))
+        split: dict[str, list[str]] = dict(zip(texts, map(self.words_of, texts), strict=True))
+        for word in dict.fromkeys(chain.from_iterable(split.values())):
+            self._terms[word] = stem(self.synonyms.get(word, word), self.lang)
         self._normalised = {}
         terms_of = self._terms.__getitem__
         self.phrasings: dict[Target, list[tuple[str, frozenset[str]]]] = defaultdict(list)
@@ -184,8 +184,12 @@ class _LanguageIndex:
         forms: dict[str, set[str]] = defaultdict(set)
         # Count words first (in order of first use), then gather them by term: the same counts and the same
         # insertion order of forms as counting word by word, at a fraction of the calls.
-        words = Counter(chain.from_iterable(
-            split[text] if split is not None and text in split else self.words_of(text) for text in texts))
+        # Each distinct text is split once and counted once, then once more for each repeat (a phrasing is both a
+        # document text and prose): the same counts, and words still come in the order of their first use.
+        words_of = self.words_of if split is None else lambda text: split.get(text) or self.words_of(text)
+        repeats = Counter(texts)
+        words = Counter(chain.from_iterable(map(words_of, repeats)))
+        words.update(chain.from_iterable(map(words_of, [t for t, n in repeats.items() for _ in range(n - 1)])))
         for word, c in words.items():
             term = self._term(word)
             counts[term] += c
@@ -193,16 +197,21 @@ class _LanguageIndex:
         total = sum(counts.values()) or 1
         out = {}
         for term, c in counts.items():
-            everyday = sum(10 ** (z - 9) if (z := commonness(w, self.lang)) > 0 else RARE_FREQ for w in forms[term])
+            # Sorted: a set's order changes from run to run (hash seeds), and so would the float sum's last bit.
+            everyday = sum(10 ** (z - 9) if (z := commonness(w, self.lang)) > 0 else RARE_FREQ
+                           for w in sorted(forms[term]))
             ratio = math.log10((c / total) / everyday)
             out[term] = min(1.0, max(KEYNESS_FLOOR, ratio / KEYNESS_FULL))
         return out
 
     def words_of(self, text: str) -> list[str]:
-        norm = self._normalised.get(text)
-        if norm is None:
-            norm = normalise(text)
-        padded = f" {norm} "
+        words = self._normalised.get(text)
+        if words is None:
+            words = normalise(text).split()
+        # A phrase can only occur when its first word does; most texts have none, and skip the replacements.
+        if self._phrase_heads.isdisjoint(words):
+            return words
+        padded = f" {' '.join(words)} "  # the normalised text: single spaces, none at either end
         for phrase, canonical in self.phrases:
             padded = padded.replace(phrase, canonical)
         return padded.split()
@@ -264,41 +273,58 @@ class _LanguageIndex:
 
     def raw(self, i: int, terms: frozenset[str]) -> float | None:
         """Target i's BM25 sum over the question's terms (None: it shares none), added in the order `score` adds."""
-        weights = self.weights[i]
-        s = None
-        for t in terms:
-            w = weights.get(t)
-            if w is not None:
-                s = w if s is None else s + w
-        return s
+        found = [w for w in map(self.weights[i].get, terms) if w is not None]
+        return reduce(add, found) if found else None
 
     def best(self, terms: frozenset[str], k: int) -> dict[int, float]:
         """Raw sums of a set of targets that surely holds the k best for `terms` (MaxScore pruning).
 
-        Terms join from the highest ceiling down, adding their weights to partial sums. Joining stops when the
-        ceilings of the terms left add up to less than the k-th best partial sum: a target using only those terms
-        cannot reach it. A target whose partial sum plus those ceilings stays below it is dropped too (with every
-        term joined: below the k-th best, less a margin for rounding); the rest get their exact sum from `raw`
-        (Turtle and Flood 1995, "Query evaluation: strategies and optimizations").
+        Terms join from the highest ceiling down, adding their weights to partial sums. The k-th best sum is at
+        least the k-th best exact sum of the targets that have led the partial sums so far (`cut`). Joining stops
+        when the ceilings of the terms left add up to less than the cut: a target using only those terms cannot
+        reach it. The terms left are then added to the targets still in reach only, dropping each one whose
+        partial sum plus the ceilings left stays below the cut; the rest get their exact sum from `raw`
+        (Turtle and Flood 1995, "Query evaluation: strategies and optimizations"). All comparisons keep a margin
+        for rounding (PRUNE_MARGIN): partial sums add the same weights in another order.
+
+        Why the exact sums of leaders: on a base of near-copies, hundreds of targets tie near the top, and the
+        k-th best partial sum stays far below the k-th best sum until nearly every term has joined.
         """
-        order = sorted((t for t in terms if t in self.postings), key=lambda t: (self.ceiling[t], t))
-        left = sum(self.ceiling[t] for t in order)
+        ceiling = self.ceiling
+        order = sorted((t for t in terms if t in self.postings), key=lambda t: (ceiling[t], t))
         partial: dict[int, float] = {}
-        floor = -1.0
+        exact: dict[int, float] = {}  # the exact sums of every target that was among the k leading partial sums
+        leaders: list[int] = []
+        cut = -1.0  # every target is in reach until k targets are known
         while order:
             term = order.pop()
-            left -= self.ceiling[term]
-            get = partial.get
-            for i, w in zip(self.postings[term], self.posted[term], strict=True):
-                partial[i] = get(i, 0.0) + w
+            left = sum(ceiling[t] for t in order)
+            ids = self.postings[term]
+            # partial[i] = partial.get(i, 0.0) + w for each posting, with the loop in C (a third of the time).
+            partial.update(zip(ids, list(map(add, map(partial.get, ids, repeat(0.0)), self.posted[term])), strict=True))
             if len(partial) >= k:
-                cut = heapq.nlargest(k, partial.values())[-1] * (1 - PRUNE_MARGIN)
-                if not order:  # every term joined: the partial sums are the sums, up to rounding
-                    floor = cut
-                elif left < cut:
-                    floor = cut - left
+                # Once there are leaders, only the targets of this term moved: the new k leaders are among them
+                # and the previous leaders.
+                moved = set(leaders).union(ids) if leaders else partial
+                leaders = heapq.nlargest(k, moved, key=partial.__getitem__)
+                for i in leaders:
+                    if i not in exact:
+                        exact[i] = self.raw(i, terms) or 0.0  # never None: i uses a term
+                cut = heapq.nlargest(k, exact.values())[-1] * (1 - PRUNE_MARGIN)
+                if left < cut:
                     break
-        return {i: self.raw(i, terms) or 0.0 for i, p in partial.items() if p >= floor}  # never None: i uses a term
+        left = sum(ceiling[t] for t in order)
+        reach = {i: p for i, p in partial.items() if p >= cut - left}
+        weights = self.weights
+        while order and len(reach) > k:
+            term = order.pop()
+            left = sum(ceiling[t] for t in order)
+            # reach[i] + weights[i].get(term, 0.0) for every target in reach, with the loops in C.
+            gains = map(dict.get, map(weights.__getitem__, reach), repeat(term), repeat(0.0))
+            sums = list(map(add, reach.values(), gains))
+            floor = cut - left
+            reach = dict(compress(zip(reach, sums, strict=True), map(ge, sums, repeat(floor))))
+        return {i: exact[i] if i in exact else self.raw(i, terms) or 0.0 for i in reach}
 
     def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
         """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1)."""
@@ -349,17 +375,14 @@ class Matcher:
         self.offers = {entry.id: entry.flow for entry in knowledge.entries.values()}
         # Each text is normalised once for the detector and the indexes. The detector gets each language's words
         # as one normalised line: it keeps the set of words, which is the same (normalising is idempotent).
-        normalised: dict[str, str] = {}
-        for texts in vocabulary.values():
-            for text in texts:
-                if text not in normalised:
-                    normalised[text] = normalise(text)
+        unique = list(dict.fromkeys(chain.from_iterable(vocabulary.values())))
+        split = dict(zip(unique, map(str.split, map(normalise, unique)), strict=True))
         self.detector = Detector.build({
-            lang: [" ".join(dict.fromkeys(w for text in texts for w in normalised[text].split()))]
+            lang: [" ".join(dict.fromkeys(chain.from_iterable(map(split.__getitem__, texts))))]
             for lang, texts in vocabulary.items()
         })
         self.indexes = {
-            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}), vocabulary[lang], normalised)
+            lang: _LanguageIndex(lang, items[lang], knowledge.synonyms.get(lang, {}), vocabulary[lang], split)
             for lang in langs
         }
         self.targets = {t.key: t for index in self.indexes.values() for t in index.targets}
