@@ -18,10 +18,11 @@ from pathlib import Path
 from bot import config as configlib
 from bot import deadlines as deadlinelib
 from bot import knowledge as knowledgelib
+from bot import snapshot
 from bot.core import Brain, Policy
 from bot.knowledge import Knowledge, KnowledgeError
 from bot.language import normalise
-from bot.matcher import Match
+from bot.matcher import Match, Matcher
 
 DB_NAME = "rightsdesk.db"
 
@@ -91,18 +92,29 @@ class App:
         self.city = getattr(args, "city", None) or self.config.city
         self.knowledge_dir = getattr(args, "knowledge", None) or self.config.knowledge or knowledgelib.BUNDLED
         self.data_dir = getattr(args, "data", None) or self.config.data
+        self._loaded: tuple[Knowledge, Matcher] | None = None
+
+    def loaded(self) -> tuple[Knowledge, Matcher]:
+        """The knowledge and its index, once per command: from the data folder's snapshot when the knowledge is
+        unchanged since it was saved (bot/snapshot.py), else read, built and saved."""
+        if self._loaded is None:
+            if not self.knowledge_dir.is_dir():
+                raise UsageError(f"--knowledge {self.knowledge_dir}: no such folder "
+                                 "(point it at a folder with common/)")
+            cities = knowledgelib.list_cities(self.knowledge_dir)
+            if self.city and self.city not in cities:
+                where = "--city" if getattr(self.args, "city", None) else f"{self.config.source}: city"
+                raise UsageError(f"{where} {self.city}: no such city pack (choose one of: {', '.join(cities)})")
+            self._loaded = snapshot.load(self.knowledge_dir, self.city or knowledgelib.DEFAULT_CITY,
+                                         self.data_dir / "cache")
+        return self._loaded
 
     def knowledge(self) -> Knowledge:
-        if not self.knowledge_dir.is_dir():
-            raise UsageError(f"--knowledge {self.knowledge_dir}: no such folder (point it at a folder with common/)")
-        cities = knowledgelib.list_cities(self.knowledge_dir)
-        if self.city and self.city not in cities:
-            where = "--city" if getattr(self.args, "city", None) else f"{self.config.source}: city"
-            raise UsageError(f"{where} {self.city}: no such city pack (choose one of: {', '.join(cities)})")
-        return knowledgelib.load(self.knowledge_dir, self.city)
+        return self.loaded()[0]
 
     def brain(self, rate_limit: int | None = 20) -> Brain:
-        return Brain.build(self.knowledge(), Policy(retention_days=self.config.retention_days, rate_limit=rate_limit))
+        knowledge, matcher = self.loaded()
+        return Brain(knowledge, matcher, Policy(retention_days=self.config.retention_days, rate_limit=rate_limit))
 
     def desk(self):  # noqa: ANN201
         """The help desk from the config's `helpdesk:` (None without one)."""
@@ -122,7 +134,8 @@ class App:
                         rate_limit=self.config.rate_limit if rate_limit is True else rate_limit)
         if desk is not None:
             policy = Policy(policy.retention_days, policy.rate_limit, desk.hours, desk.escalate_after, helpdesk=True)
-        return Brain.build(self.knowledge(), policy)
+        knowledge, matcher = self.loaded()
+        return Brain(knowledge, matcher, policy)
 
     def store(self):  # noqa: ANN201 - imported lazily: `ask` and `check` never touch the database
         from bot.cipher import ENV, Cipher, CipherError
@@ -210,6 +223,7 @@ def answer_record(brain: Brain, question: str, lang: str | None) -> dict:
         "id": entry_id,
         "flow": flow,
         "score": top.score if top else 0.0,
+        "outside": match.outside.target.outside if match.outside else None,
         "candidates": [
             {"id": c.target.entry, "flow": c.target.flow, "score": c.score}
             for c in (match.candidates if match.best is None else ())
@@ -230,8 +244,8 @@ def cmd_ask(app: App) -> int:
         if not q.strip():
             continue
         rec = answer_record(brain, q, lang)
-        if app.args.json:
-            print(json.dumps(rec, ensure_ascii=False))
+        if app.args.json:  # the contract of docs/cli.md: "outside" is not part of it
+            print(json.dumps({k: v for k, v in rec.items() if k != "outside"}, ensure_ascii=False))
             continue
         k = brain.knowledge
         speak = rec["lang"] or k.languages[0]
@@ -239,6 +253,9 @@ def cmd_ask(app: App) -> int:
             print(f"[{rec['id']} {rec['score']:.2f}] " + k.pick(k.entries[rec["id"]].answer, speak))
         elif rec["flow"]:
             print(f"[flow {rec['flow']} {rec['score']:.2f}] " + k.pick(k.flows[rec["flow"]].title, speak))
+        elif rec["outside"]:
+            said = k.text("outside_topic", speak, contact=k.helpdesk_contact(speak))
+            print(f"[outside {rec['outside']}] " + said)
         elif rec["candidates"]:
             names = ", ".join(c["id"] or f"flow:{c['flow']}" for c in rec["candidates"])
             print(f"[unsure {rec['score']:.2f}] did you mean: {names}")

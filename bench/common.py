@@ -137,3 +137,28 @@ def phrasings_of(knowledge: Knowledge) -> Iterator[tuple[str, str | None, str | 
         for texts in flow.phrasings.values():
             for text in texts:
                 yield text, None, flow.id
+
+
+def write_grown(source: Path, real: Knowledge, kb: Knowledge, dest: Path) -> Path:
+    """Write a knowledge folder holding `kb`: a copy of `source` (the folder `real` was loaded from) with the
+    generated entries appended to common/faq as YAML, so that start-up can be timed on files of a real size."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(source, dest)
+    faq = dest / "common" / "faq"
+    copies = [e for e in kb.entries.values() if e.id not in real.entries]
+    if not copies:
+        return dest
+    topics = [{"id": e.id, "principle": e.principle, **({"flow": e.flow} if e.flow else {}),
+               "related": list(e.related), "sources": [{"title": s.title, "url": s.url} for s in e.sources],
+               "reviewed": e.reviewed} for e in copies]
+    with (faq / "topics.yaml").open("a", encoding="utf-8") as out:
+        out.write("\n" + yaml.safe_dump(topics, allow_unicode=True, sort_keys=False, width=1_000_000))
+    for lang in real.languages:
+        words = [{"id": e.id, "title": e.title[lang], "phrasings": list(e.phrasings.get(lang, ())),
+                  "answer": e.answer[lang]} for e in copies]
+        with (faq / f"{lang}.yaml").open("a", encoding="utf-8") as out:
+            out.write("\n" + yaml.safe_dump(words, allow_unicode=True, sort_keys=False, width=1_000_000))
+    return dest

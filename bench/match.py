@@ -18,19 +18,22 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import bm25s
 import common
-import yaml
 from common import percentile, table
 from rapidfuzz import fuzz, process
 from rapidfuzz.utils import default_process
 
 from bot import knowledge as knowledgelib
-from bot import yamlfile
 from bot.knowledge import Knowledge
 from bot.language import normalise
 from bot.matcher import Matcher
@@ -162,19 +165,40 @@ def calibrate(lines: list[dict], scored: list[tuple[Verdict, float]], rejected: 
     return math.nextafter(off[rejected - 1], math.inf) if rejected <= len(off) else math.inf
 
 
-def yaml_seconds() -> tuple[float, float, int]:
-    """Parse the real base's FAQ files with the line-aware loader the knowledge uses (pure Python) and with
-    libyaml's C loader: seconds for each, and the bytes read. A grown base would have about size/40 times the text."""
-    folders = [common.ROOT / "knowledge" / "common" / "faq", common.ROOT / "knowledge" / "cities" / "amsterdam" / "faq"]
-    files = [f for folder in folders for f in sorted(folder.glob("*.yaml"))]
-    started = time.perf_counter()
-    for f in files:
-        yamlfile.read(f, f.name, [])
-    line_aware = time.perf_counter() - started
-    started = time.perf_counter()
-    for f in files:
-        yaml.load(f.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return line_aware, time.perf_counter() - started, sum(f.stat().st_size for f in files)
+STARTUP = """
+import sys, time
+started = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from bot import snapshot
+imported = time.perf_counter()
+knowledge, matcher = snapshot.load(Path(sys.argv[2]), "amsterdam", Path(sys.argv[3]))
+print(imported - started, time.perf_counter() - imported, len(knowledge.entries))
+"""
+
+
+def startup(size: int, real: Knowledge, kb: Knowledge, work: Path) -> list[object]:
+    """Start-up of a fresh process on a knowledge folder of `size` entries written as YAML: cold (read the
+    YAML, build the index, save the snapshot: the first start after a knowledge change) and warm (fingerprint
+    the files and read the snapshot: every other start), each in its own process so no cache is warm."""
+    folder = common.write_grown(knowledgelib.BUNDLED, real, kb, work / f"knowledge-{size}")
+    cache = work / f"cache-{size}"
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", STARTUP, str(common.ROOT), str(folder), str(cache)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode:
+            raise SystemExit(f"the start-up run at {size} entries failed:\n{proc.stderr}")
+        out = proc.stdout.split()
+        runs.append((float(out[0]), float(out[1]), int(out[2])))
+    snapshot_mb = sum(f.stat().st_size for f in cache.glob("*.pickle")) / 1e6
+    (imports, cold, entries), (_, warm, _) = runs
+    return [entries, f"{size_mb:.1f}", f"{snapshot_mb:.1f}", f"{imports * 1000:.0f}", f"{cold * 1000:.0f}",
+            f"{warm * 1000:.0f}"]
+
+
+STARTUP_HEADER = ["entries", "knowledge MB", "snapshot MB", "imports ms", "cold start-up ms", "warm start-up ms"]
 
 
 def main() -> None:
@@ -196,12 +220,9 @@ def main() -> None:
     print(f"knowledge load (YAML, real base of {len(real.entries)} entries + {len(real.flows)} flows): "
           f"{load_s * 1000:.0f} ms; dev questions: {len(lines)}")
 
-    line_aware, libyaml, size_bytes = yaml_seconds()
-    print(f"of which FAQ YAML ({size_bytes / 1e3:.0f} kB): {line_aware * 1000:.0f} ms with the line-aware loader, "
-          f"{libyaml * 1000:.0f} ms with libyaml's C loader; a base of N entries has ~N/40 times that text "
-          f"(1,000: ~{line_aware * 25:.1f} s vs ~{libyaml * 25:.2f} s; 10,000: ~{line_aware * 250:.0f} s vs "
-          f"~{libyaml * 250:.1f} s)")
     rows = []
+    starts = []
+    work = Path(tempfile.mkdtemp(prefix="rightsdesk-bench-"))
     for size in args.sizes:
         kb = common.grown(real, size)
         n_phrasings = sum(1 for _ in common.phrasings_of(kb))
@@ -216,8 +237,8 @@ def main() -> None:
                   f"rejected {acc['offtopic']:.3f}")
         rejected = sum(1 for line, v in zip(lines, verdicts, strict=True) if judge(line, v) == ("offtopic", True))
         lat = timed_passes(lambda q, m=matcher: m.match(q), order, args.repeats, args.budget)
-        rows.append([size, "rightsdesk matcher", n_phrasings, f"{build_s * 1000:.0f}",
-                     f"{(load_s + build_s) * 1000:.0f}", len(lat), percentile(lat, 50), percentile(lat, 99),
+        rows.append([size, "rightsdesk matcher", n_phrasings, f"{build_s * 1000:.0f}", len(lat),
+                     percentile(lat, 50), percentile(lat, 99),
                      acc["topic"], acc["flow"], acc["offtopic"], f"{common.peak_rss_mb():.0f}"])
         print(table(HEADER, rows[-1:]), flush=True)
         del matcher
@@ -232,21 +253,28 @@ def main() -> None:
                 baseline.threshold = calibrate(lines, scored, rejected)
                 acc = accuracy(lines, [v if s >= baseline.threshold else (None, None) for v, s in scored])
                 acc_cells = [acc["topic"], acc["flow"], acc["offtopic"]]
-            rows.append([size, kind.name, n_phrasings, f"{build_s * 1000:.0f}", f"{(load_s + build_s) * 1000:.0f}",
-                         len(lat), percentile(lat, 50), percentile(lat, 99), *acc_cells,
+            rows.append([size, kind.name, n_phrasings, f"{build_s * 1000:.0f}", len(lat), percentile(lat, 50),
+                         percentile(lat, 99), *acc_cells,
                          f"{common.peak_rss_mb():.0f}"])
             print(table(HEADER, rows[-1:]), flush=True)
             del baseline
+        starts.append(startup(size, real, kb, work))
+        print(table(STARTUP_HEADER, starts[-1:]), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(HEADER, rows))
+    print()
+    print(table(STARTUP_HEADER, starts))
     print("\nlatency in ms per question (p50/p99 over n timed calls, caches warm after one untimed pass for the "
-          "matcher); index and start-up (YAML load of the real base + index build) in ms; accuracy as in "
+          "matcher); index: the build in ms, in this process; accuracy as in "
           "`run_bot.py eval`; in grown bases copies count as their real entry and an unsure match as its first "
           "candidate; baselines' threshold rejects at least as many off-topic lines as the matcher (calibrated on "
-          "the dev set itself); '-': no full pass within the budget. RSS: peak of this process so far, MB.")
+          "the dev set itself); '-': no full pass within the budget. RSS: peak of this process so far, MB. Start-up: a "
+          "fresh process loading the base written as YAML (bench/common.py write_grown) with bot/snapshot.py: cold "
+          "reads the YAML, builds and saves the snapshot; warm reads the snapshot; imports are bot.snapshot's.")
 
 
-HEADER = ["entries", "method", "phrasings", "index ms", "start-up ms", "n", "p50 ms", "p99 ms", "topics", "flows",
+HEADER = ["entries", "method", "phrasings", "index ms", "n", "p50 ms", "p99 ms", "topics", "flows",
           "off-topic", "peak RSS MB"]
 
 

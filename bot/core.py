@@ -394,6 +394,10 @@ class _Turn:
             return self.start_flow(target.flow or "")
         if match.unsure:
             return self.did_you_mean(match)
+        if match.outside is not None:
+            # A city matter this bot does not handle (knowledge outside/): point to the city's general line. Not
+            # a gap in the FAQ, so the question is not kept for staff, and it is not a miss that offers a person.
+            return self.say(self.t("outside_topic", contact=self.helpdesk_contact()), self.menu_offers())
         return self.dont_know(text)
 
     def answer(self, entry: Entry, why: Why | None) -> Outcome:
@@ -742,12 +746,7 @@ class _Turn:
         return "\n".join(lines)
 
     def helpdesk_contact(self) -> str:
-        office = self.k.city.offices.get("helpdesk")
-        if office is None:
-            return self.k.pick(self.k.city.name, self.lang)
-        parts = [self.k.pick(office.name, self.lang)] if office.name else []
-        parts += [p for p in (office.phone, office.url) if p and p not in " ".join(parts)]
-        return ", ".join(parts)
+        return self.k.helpdesk_contact(self.lang)
 
     def open_ticket(self, flow: Flow, answers: dict[str, Any]) -> Outcome:
         ref = make_ref(self.k.city.code, flow.code, self.message.channel, self.message.user,

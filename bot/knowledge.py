@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -44,6 +44,7 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "ask_prompt": (),
         "help": (),
         "dont_know": (),
+        "outside_topic": ("contact",),
         "choice_menu": (),
         "choice_person": (),
         "did_you_mean": (),
@@ -151,6 +152,7 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
 # Keys each kind of record may carry (anything else is a typo worth reporting).
 TOPIC_KEYS = {"id", "principle", "flow", "related", "sources", "reviewed"}
 WORD_KEYS = {"id", "title", "phrasings", "answer", "reviewed"}  # reviewed: when this translation was checked
+OUTSIDE_KEYS = {"id", "phrasings"}
 CITY_KEYS = {"id", "code", "name", "languages", "working_language", "timezone", "holidays", "offices"}
 OFFICE_NAMES = {"privacy_officer", "supervisory_authority", "foi", "ombudsman", "helpdesk"}
 OFFICE_KEYS = {"name", "url", "email", "phone", "source"}
@@ -223,6 +225,9 @@ class Knowledge:
     deadlines: Mapping[str, deadlinelib.Rule] = field(default_factory=dict)
     calendar: deadlinelib.Calendar = field(default_factory=deadlinelib.Calendar)
     warnings: tuple[Problem, ...] = field(default=())
+    # City matters the bot does not handle (parking, rubbish, taxes): subject -> lang -> phrasings. A question
+    # closest to one of these is pointed to the city's general line instead of a wrong answer (outside/).
+    outside: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -234,6 +239,15 @@ class Knowledge:
             if candidate in values:
                 return values[candidate]
         return next(iter(values.values()))
+
+    def helpdesk_contact(self, lang: str) -> str:
+        """How to reach the city's general line (city.yaml offices: helpdesk), else the city's name."""
+        office = self.city.offices.get("helpdesk")
+        if office is None:
+            return self.pick(self.city.name, lang)
+        parts = [self.pick(office.name, lang)] if office.name else []
+        parts += [p for p in (office.phone, office.url) if p and p not in " ".join(parts)]
+        return ", ".join(parts)
 
     def text(self, key: str, lang: str, **values: Any) -> str:
         """Say text `key` in `lang`; placeholders take only the values the code passes (never resident input)."""
@@ -341,6 +355,14 @@ def _build(root: Path, city_id: str, today: date) -> tuple[Knowledge | None, lis
 
     texts = _read_texts(r, root, city_dir, langs)
     synonyms = {lang: _read_synonyms(r, root / "common" / "synonyms" / f"{lang}.yaml") for lang in langs}
+    outside: dict[str, dict[str, tuple[str, ...]]] = {}
+    for folder in (root / "common" / "outside", city_dir / "outside"):
+        for lang in langs:
+            _read_outside(r, folder / f"{lang}.yaml", lang, outside)
+        for p in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
+            if p.stem not in langs:
+                r.add(r.shown(p), 1, "", f"'{p.name}' is not one of the FAQ's languages ({', '.join(langs)})",
+                      "name it <code>.yaml after a language of common/faq/")
     if city is None:
         return None, r.problems
     for lang in city.languages:
@@ -356,6 +378,7 @@ def _build(root: Path, city_id: str, today: date) -> tuple[Knowledge | None, lis
         deadlines=deadlines,
         calendar=deadlinelib.Calendar.of(city.holidays),
         warnings=tuple(p for p in r.problems if p.level == "warning"),
+        outside=outside,
     )
     return knowledge, r.problems
 
@@ -384,25 +407,35 @@ def _as_records(r: _Reader, path: Path, data: Any, what: str) -> list[LineDict]:
     return records
 
 
+def _identified(r: _Reader, path: Path, what: str, kind: str, allowed: set[str], example: str,
+                duplicate_fix: str) -> Iterator[tuple[LineDict, str, str]]:
+    """The records of a list file with a well-formed id, each id once, as (record, id, where): a missing,
+    malformed or repeated id is reported and its record skipped; unknown keys are reported."""
+    file = r.shown(path)
+    seen: dict[str, int] = {}
+    for rec in _as_records(r, path, r.read(path), what):
+        rec_id = rec.get("id")
+        if not isinstance(rec_id, str) or not ID_RE.match(rec_id):
+            r.add(file, rec.line, "id", f"bad or missing id {rec_id!r}",
+                  f"use lowercase words joined by dots or dashes, e.g. {example}")
+            continue
+        where = f"{kind} '{rec_id}'"
+        if rec_id in seen:
+            r.add(file, rec.line, where, f"duplicate id (first on line {seen[rec_id]})", duplicate_fix)
+            continue
+        seen[rec_id] = rec.line
+        _unknown_keys(r, file, rec, allowed, where)
+        yield rec, rec_id, where
+
+
 def _read_topics(r: _Reader, path: Path, topics: dict, origin: dict, city_layer: bool, required: bool) -> None:
     file = r.shown(path)
     if not path.exists():
         if required:
             r.add(file, 1, "", "file is missing", "create it: one record per FAQ entry (see SCHEMA.md)")
         return
-    seen: dict[str, int] = {}
-    for rec in _as_records(r, path, r.read(path), "topic records"):
-        entry_id = rec.get("id")
-        if not isinstance(entry_id, str) or not ID_RE.match(entry_id):
-            r.add(file, rec.line, "id", f"bad or missing id {entry_id!r}",
-                  "use lowercase words joined by dots or dashes, e.g. privacy.access-my-data")
-            continue
-        where = f"entry '{entry_id}'"
-        if entry_id in seen:
-            r.add(file, rec.line, where, f"duplicate id (first on line {seen[entry_id]})", "give each entry its own id")
-            continue
-        seen[entry_id] = rec.line
-        _unknown_keys(r, file, rec, TOPIC_KEYS, where)
+    for rec, entry_id, where in _identified(r, path, "topic records", "entry", TOPIC_KEYS,
+                                             "privacy.access-my-data", "give each entry its own id"):
         overriding = city_layer and entry_id in topics
         record = dict(topics.get(entry_id, {})) if overriding else {}
         if not overriding:
@@ -530,6 +563,23 @@ def _read_words(r: _Reader, path: Path, lang: str, topics: dict, words: dict, ci
                       "write each phrasing on its own '- ' line")
             else:
                 target["phrasings"] = tuple(target.get("phrasings", ())) + tuple(x.strip() for x in ph)
+
+
+def _read_outside(r: _Reader, path: Path, lang: str, outside: dict[str, dict[str, tuple[str, ...]]]) -> None:
+    """outside/<lang>.yaml: subjects the bot does not handle, each with example questions. A city's file adds
+    phrasings to a common subject or adds subjects of its own."""
+    if not path.exists():
+        return
+    file = r.shown(path)
+    for rec, subject, where in _identified(r, path, "subjects", "subject", OUTSIDE_KEYS, "parking",
+                                           "merge the two records"):
+        ph = rec.get("phrasings")
+        if not isinstance(ph, LineList) or not ph or not all(isinstance(x, str) and x.strip() for x in ph):
+            r.add(file, rec.line_of("phrasings") if "phrasings" in rec else rec.line, where,
+                  "phrasings must be a list of example questions", "write each question on its own '- ' line")
+            continue
+        layer = outside.setdefault(subject, {})
+        layer[lang] = layer.get(lang, ()) + tuple(x.strip() for x in ph)
 
 
 def _check_references(r: _Reader, topics: dict, origin: dict, flows: Mapping[str, Any]) -> None:

@@ -21,15 +21,14 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache, reduce
-from itertools import chain, compress, repeat
-from operator import add, ge
+from functools import lru_cache
+from itertools import chain
 
+import numpy as np
 from rapidfuzz import fuzz, process
 from wordfreq import zipf_frequency
 
@@ -51,7 +50,6 @@ UNKNOWN_FLOOR = 0.15  # the least an unknown word counts (rare: a name or a typo
 KEYNESS_FULL = 2.0  # a term 10^2 times likelier in the knowledge than in everyday language weighs in full
 KEYNESS_FLOOR = 0.4  # the least a known but everyday word weighs
 RARE_FREQ = 1e-8  # everyday frequency assumed for a word wordfreq does not know
-PRUNE_MARGIN = 1e-9  # a bound must be this much (relatively) below the cut to skip documents: floats round
 
 
 @contextmanager
@@ -80,10 +78,13 @@ class Target:
 
     entry: str | None
     flow: str | None
+    outside: str | None = None  # a city matter the bot does not handle (knowledge outside/): decline, politely
 
     @property
     def key(self) -> str:
-        return f"faq:{self.entry}" if self.entry else f"flow:{self.flow}"
+        if self.entry:
+            return f"faq:{self.entry}"
+        return f"flow:{self.flow}" if self.flow else f"outside:{self.outside}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Match:
     lang: str | None  # the language the question is written in (None: no word we know)
     best: Scored | None  # what to answer with; None when it does not know or is unsure
     candidates: tuple[Scored, ...]  # the best few, highest first (what "Did you mean" offers when unsure)
+    outside: Scored | None = None  # the question is closest to a city matter the bot does not handle
 
     @property
     def unsure(self) -> bool:
@@ -156,22 +158,27 @@ class _LanguageIndex:
         self.vocab = sorted(self.idf)
         self._vocab_set = frozenset(self.vocab)
         avg = sum(sum(doc.values()) for doc in docs.values()) / max(n, 1)
-        # Postings (documents and weights of a term, in document order) to find candidates, each term's highest
-        # weight to bound what its documents can gain from it, and each document's weights to score a candidate.
-        ids: dict[str, array] = defaultdict(lambda: array("i"))
-        values: dict[str, array] = defaultdict(lambda: array("d"))
-        self.weights: list[dict[str, float]] = []
+        # Postings in one pair of arrays (numpy): the documents using each term and the term's BM25 weight in
+        # each, term after term, with `span` giving each term's slice. Scoring a question is then one vectorised
+        # add per term over every document that uses it: exhaustive and exact, in C, at any size of base.
+        postings: dict[str, tuple[list[int], list[float]]] = {}
         for i, target in enumerate(self.targets):
             doc = docs[target]
             norm = K1 * (1 - B + B * sum(doc.values()) / avg)
-            weights = {t: self.idf[t] * tf * (K1 + 1) / (tf + norm) for t, tf in doc.items()}
-            self.weights.append(weights)
-            for t, w in weights.items():
-                ids[t].append(i)
-                values[t].append(w)
-        self.postings: dict[str, array] = dict(ids)
-        self.posted: dict[str, array] = dict(values)
-        self.ceiling: dict[str, float] = {t: max(ws) for t, ws in values.items()}
+            for t, tf in doc.items():
+                found = postings.get(t)
+                if found is None:
+                    postings[t] = found = ([], [])
+                found[0].append(i)
+                found[1].append(self.idf[t] * tf * (K1 + 1) / (tf + norm))
+        self.span: dict[str, tuple[int, int]] = {}
+        start = 0
+        for t, (docs_of, _) in postings.items():
+            self.span[t] = (start, start + len(docs_of))
+            start += len(docs_of)
+        self.doc_ids = np.fromiter(chain.from_iterable(d for d, _ in postings.values()), dtype=np.intp, count=start)
+        self.doc_weights = np.fromiter(chain.from_iterable(w for _, w in postings.values()), dtype=np.float64,
+                                       count=start)
 
     def _keyness(self, texts: list[str], split: Mapping[str, list[str]] | None = None) -> dict[str, float]:
         """How much likelier each term is in the knowledge than in everyday language, as a weight factor.
@@ -259,72 +266,26 @@ class _LanguageIndex:
                 return (found[0],)
         return ()
 
-    def score(self, text: str) -> dict[Target, float]:
-        """Confidence for every target sharing a term with the question."""
-        terms, mass = self.analyse(text)
-        if not terms:
-            return {}
-        sums: dict[int, float] = defaultdict(float)
-        for t in terms:
-            for i in self.postings.get(t, ()):
-                sums[i] += self.weights[i][t]
-        scale = (K1 + 1) * math.sqrt(mass)
-        return {self.targets[i]: s / scale for i, s in sums.items()}
+    def sums(self, terms: frozenset[str]) -> np.ndarray:
+        """Every target's BM25 sum over the question's terms (0: it shares none; weights are all positive).
 
-    def raw(self, i: int, terms: frozenset[str]) -> float | None:
-        """Target i's BM25 sum over the question's terms (None: it shares none), added in the order `score` adds."""
-        found = [w for w in map(self.weights[i].get, terms) if w is not None]
-        return reduce(add, found) if found else None
+        Terms are added in sorted order, so that a sum does not depend on a set's iteration order (hash seeds)."""
+        acc = np.zeros(len(self.targets))
+        span, ids, weights = self.span, self.doc_ids, self.doc_weights
+        for t in sorted(terms):
+            found = span.get(t)
+            if found is not None:
+                a, b = found
+                acc[ids[a:b]] += weights[a:b]  # a term's documents are distinct: a plain fancy-index add is exact
+        return acc
 
-    def best(self, terms: frozenset[str], k: int) -> dict[int, float]:
-        """Raw sums of a set of targets that surely holds the k best for `terms` (MaxScore pruning).
-
-        Terms join from the highest ceiling down, adding their weights to partial sums. The k-th best sum is at
-        least the k-th best exact sum of the targets that have led the partial sums so far (`cut`). Joining stops
-        when the ceilings of the terms left add up to less than the cut: a target using only those terms cannot
-        reach it. The terms left are then added to the targets still in reach only, dropping each one whose
-        partial sum plus the ceilings left stays below the cut; the rest get their exact sum from `raw`
-        (Turtle and Flood 1995, "Query evaluation: strategies and optimizations"). All comparisons keep a margin
-        for rounding (PRUNE_MARGIN): partial sums add the same weights in another order.
-
-        Why the exact sums of leaders: on a base of near-copies, hundreds of targets tie near the top, and the
-        k-th best partial sum stays far below the k-th best sum until nearly every term has joined.
-        """
-        ceiling = self.ceiling
-        order = sorted((t for t in terms if t in self.postings), key=lambda t: (ceiling[t], t))
-        partial: dict[int, float] = {}
-        exact: dict[int, float] = {}  # the exact sums of every target that was among the k leading partial sums
-        leaders: list[int] = []
-        cut = -1.0  # every target is in reach until k targets are known
-        while order:
-            term = order.pop()
-            left = sum(ceiling[t] for t in order)
-            ids = self.postings[term]
-            # partial[i] = partial.get(i, 0.0) + w for each posting, with the loop in C (a third of the time).
-            partial.update(zip(ids, list(map(add, map(partial.get, ids, repeat(0.0)), self.posted[term])), strict=True))
-            if len(partial) >= k:
-                # Once there are leaders, only the targets of this term moved: the new k leaders are among them
-                # and the previous leaders.
-                moved = set(leaders).union(ids) if leaders else partial
-                leaders = heapq.nlargest(k, moved, key=partial.__getitem__)
-                for i in leaders:
-                    if i not in exact:
-                        exact[i] = self.raw(i, terms) or 0.0  # never None: i uses a term
-                cut = heapq.nlargest(k, exact.values())[-1] * (1 - PRUNE_MARGIN)
-                if left < cut:
-                    break
-        left = sum(ceiling[t] for t in order)
-        reach = {i: p for i, p in partial.items() if p >= cut - left}
-        weights = self.weights
-        while order and len(reach) > k:
-            term = order.pop()
-            left = sum(ceiling[t] for t in order)
-            # reach[i] + weights[i].get(term, 0.0) for every target in reach, with the loops in C.
-            gains = map(dict.get, map(weights.__getitem__, reach), repeat(term), repeat(0.0))
-            sums = list(map(add, reach.values(), gains))
-            floor = cut - left
-            reach = dict(compress(zip(reach, sums, strict=True), map(ge, sums, repeat(floor))))
-        return {i: exact[i] if i in exact else self.raw(i, terms) or 0.0 for i in reach}
+    def leaders(self, sums: np.ndarray, k: int) -> np.ndarray:
+        """The targets whose sums are among the k highest (all of those tied with the k-th), sharing a term."""
+        n = len(sums)
+        if n > k:
+            kth = np.partition(sums, n - k)[n - k]
+            return np.flatnonzero((sums >= kth) & (sums > 0))
+        return np.flatnonzero(sums > 0)
 
     def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
         """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1)."""
@@ -369,6 +330,11 @@ class Matcher:
             for lang in langs:
                 items[lang].extend((target, p) for p in flow.phrasings.get(lang, ()))
                 vocabulary[lang].extend(flow.phrasings.get(lang, ()))
+        for subject, by_lang in knowledge.outside.items():
+            target = Target(None, None, subject)
+            for lang in langs:
+                items[lang].extend((target, p) for p in by_lang.get(lang, ()))
+                vocabulary[lang].extend(by_lang.get(lang, ()))
         for lang in langs:
             vocabulary[lang].extend(knowledge.texts.get(lang, {}).values())
         self.languages = langs
@@ -402,36 +368,28 @@ class Matcher:
             tried = [prefer if prefer in self.indexes else self.languages[0]]
         analysed = {lg: self.indexes[lg].analyse(text) for lg in tried}
         # Only the RERANK best of each language can be among the RERANK best overall (a target's combined score is
-        # its best language's): gather those (pruned, bot/matcher.py _LanguageIndex.best), then score each of
-        # them in every language exactly as a full pass would.
-        sums: dict[str, dict[int, float]] = {}
+        # its best language's): gather those, then score each of them in every language.
+        sums: dict[str, np.ndarray] = {}
         wanted: set[str] = set()
         for lg in tried:
             index, (terms, mass) = self.indexes[lg], analysed[lg]
             if not terms:
                 continue
-            sums[lg] = found = index.best(terms, RERANK)
-            scale = (K1 + 1) * math.sqrt(mass)
-            factor = 1.0 if lg == lang or lang is None else OTHER_LANGUAGE
-            ranked_here = heapq.nsmallest(RERANK, found, key=lambda i: (-(found[i] / scale * factor), index.keys[i]))
-            wanted.update(index.keys[i] for i in ranked_here)
+            sums[lg] = found = index.sums(terms)
+            keys = index.keys
+            ranked_here = heapq.nsmallest(RERANK, index.leaders(found, RERANK).tolist(),
+                                          key=lambda i: (-found[i], keys[i]))
+            wanted.update(keys[i] for i in ranked_here)
         combined: dict[str, tuple[float, str]] = {}
-        for lg in tried:
+        for lg, found in sums.items():
             index, (terms, mass) = self.indexes[lg], analysed[lg]
-            if lg not in sums:
-                continue
             scale = (K1 + 1) * math.sqrt(mass)
             factor = 1.0 if lg == lang or lang is None else OTHER_LANGUAGE
-            found = sums[lg]
             for key in wanted:
                 i = index.position.get(key)
-                if i is None:
+                if i is None or not found[i]:
                     continue
-                s = found[i] if i in found else index.raw(i, terms)
-                if s is None:
-                    continue
-                score = s / scale
-                score *= factor
+                score = float(found[i]) / scale * factor
                 if score > combined.get(key, (-1.0, ""))[0]:
                     combined[key] = (score, lg)
         ranked = heapq.nsmallest(RERANK, combined.items(), key=lambda x: (-x[1][0], x[0]))
@@ -442,7 +400,12 @@ class Matcher:
             phrasing, closeness = index.closest_phrasing(target, analysed[lg][0])
             scored.append(Scored(target, round(score * (1 + PHRASE_BONUS * closeness), 4), phrasing, lg))
         scored.sort(key=lambda x: (-x.score, x.target.key))
-        top = tuple(scored[:limit])
+        if scored and scored[0].target.outside and scored[0].score >= REJECT:
+            # Closest to a city matter the bot does not handle: say so and point to the city, rather than give
+            # the nearest digital-rights answer ("how long does a building permit take" is not about deadlines
+            # for data requests).
+            return Match(lang, None, (), outside=scored[0])
+        top = tuple(s for s in scored if not s.target.outside)[:limit]
         if not top or top[0].score < REJECT:
             return Match(lang, None, ())
         first = top[0]

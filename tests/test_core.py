@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from bot import knowledge as knowledgelib
+from bot.core import Brain
 from bot.messages import State, Unanswered
+from tests.conftest import Chat
 
 
 def test_start_greets_with_the_city_and_shows_the_menu(chat, brain):
@@ -169,3 +172,17 @@ def test_topics_by_theme_lead_to_answers(chat, brain):
     title = brain.knowledge.entries["privacy.cctv"].title["en"]
     assert title in listing.choices
     assert chat.text(title) == brain.knowledge.entries["privacy.cctv"].answer["en"]
+
+
+def test_a_city_matter_the_bot_does_not_handle_points_to_the_city_line(mini):
+    (mini / "common/outside").mkdir()
+    (mini / "common/outside/en.yaml").write_text(
+        "- id: parking\n  phrasings: [parking permit, visitor parking fine, pay a parking ticket, resident parking]\n"
+    )
+    chat = Chat(Brain.build(knowledgelib.load(mini, "demo")))
+    said = chat.say("how do I pay my parking ticket")
+    assert said[0].text.startswith("That sounds like a question for another city service")
+    assert "Demoville" in said[0].text  # no helpdesk office in this city: its name
+    assert chat.effects == []  # not a gap in the FAQ: nothing kept
+    assert chat.state.misses == 0  # and not a miss that would offer a person
+    assert "cameras" in chat.text("who watches the street cameras").lower()  # the FAQ still answers

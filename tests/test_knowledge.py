@@ -141,3 +141,42 @@ def test_synonym_in_two_groups_is_an_error(mini):
     (mini / "common/synonyms").mkdir()
     (mini / "common/synonyms/en.yaml").write_text("- [delete, erase]\n- [remove, erase]\n")
     assert any("'erase' is already in the group on line 1" in x for x in _check(mini))
+
+
+OUTSIDE_EN = """\
+- id: parking
+  phrasings: [parking permit, visitor parking fine, how do i pay a parking ticket, resident parking zone]
+- id: waste
+  phrasings: [bulky rubbish pickup, which day is bin collection]
+"""
+
+
+def test_outside_subjects_are_read_from_common_and_the_city(mini):
+    (mini / "common/outside").mkdir()
+    (mini / "common/outside/en.yaml").write_text(OUTSIDE_EN)
+    (mini / "cities/demo/outside").mkdir()
+    (mini / "cities/demo/outside/en.yaml").write_text("- id: parking\n  phrasings: [demoville blue zone]\n"
+                                                      "- id: ferry\n  phrasings: [ferry timetable]\n")
+    k = knowledgelib.load(mini, "demo")
+    assert k.outside["parking"]["en"][-1] == "demoville blue zone" and len(k.outside["parking"]["en"]) == 5
+    assert k.outside["ferry"]["en"] == ("ferry timetable",)
+    assert _check(mini) == []
+
+
+def test_broken_outside_records_are_named_with_a_fix(mini):
+    (mini / "common/outside").mkdir()
+    (mini / "common/outside/en.yaml").write_text(
+        "- id: Parking Permits\n  phrasings: [x]\n"
+        "- id: waste\n  phrasings: bulky rubbish\n"
+        "- id: taxes\n  phrasings: [tax bill]\n  answer: not here\n"
+        "- id: taxes\n  phrasings: [again]\n"
+    )
+    (mini / "common/outside/xx.yaml").write_text("- id: parking\n  phrasings: [x]\n")
+    out = _check(mini)
+    assert any("outside/en.yaml:1: id: bad or missing id 'Parking Permits' (use lowercase words" in x
+               for x in out), out
+    assert any("outside/en.yaml:4: subject 'waste': phrasings must be a list of example questions" in x
+               for x in out), out
+    assert any("outside/en.yaml:7: subject 'taxes': unknown key 'answer'" in x for x in out), out
+    assert any("outside/en.yaml:8: subject 'taxes': duplicate id (first on line 5)" in x for x in out), out
+    assert any("'xx.yaml' is not one of the FAQ's languages (en)" in x for x in out), out

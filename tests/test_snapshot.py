@@ -1,0 +1,96 @@
+"""The on-disk snapshot of the loaded knowledge and its index (bot/snapshot.py): read when nothing changed,
+rebuilt when anything did, and never in the way of a start."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from bot import snapshot
+from bot.knowledge import BUNDLED
+
+TODAY = date(2026, 11, 25)
+QUESTION = "how can I see what data the city has about me"
+
+
+@pytest.fixture
+def knowledge_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "knowledge"
+    shutil.copytree(BUNDLED, target)
+    return target
+
+
+def _refuse_to_build(*_args: object) -> None:
+    raise AssertionError("built the index although an up-to-date snapshot was there")
+
+
+def test_second_load_reads_the_snapshot_and_matches_the_same(knowledge_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    knowledge, matcher = snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    (saved,) = cache.glob("index-amsterdam-*.pickle")
+    assert saved.stat().st_mode & 0o077 == 0  # readable by the bot's user only
+    monkeypatch.setattr(snapshot, "_build", _refuse_to_build)
+    again, matcher_again = snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    assert again == knowledge
+    assert matcher_again.match(QUESTION) == matcher.match(QUESTION)
+    assert matcher.match(QUESTION).best.target.entry == "privacy.access-my-data"
+
+
+def test_a_changed_file_city_or_day_gives_a_new_snapshot(knowledge_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    before = snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY)
+    assert snapshot.fingerprint(knowledge_dir, "barcelona", TODAY) != before
+    assert snapshot.fingerprint(knowledge_dir, "amsterdam", date(2026, 11, 26)) != before
+    snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    synonyms = knowledge_dir / "common" / "synonyms" / "en.yaml"
+    synonyms.write_text(synonyms.read_text(encoding="utf-8") + "- [telly, television]\n", encoding="utf-8")
+    assert snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY) != before
+    knowledge, _ = snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    assert knowledge.synonyms["en"]["television"] == "telly"  # read afresh, not the old snapshot
+    (only,) = cache.glob("index-amsterdam-*.pickle")  # the stale one is gone
+    assert snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY)[:32] in only.name
+
+
+def test_a_broken_snapshot_is_rebuilt_with_a_warning(knowledge_dir: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    (saved,) = cache.glob("index-amsterdam-*.pickle")
+    saved.write_bytes(saved.read_bytes()[:1000])  # truncated, as by a full disk
+    with caplog.at_level(logging.WARNING, logger="bot.snapshot"):
+        knowledge, matcher = snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    assert "could not be read" in caplog.text and saved.name in caplog.text
+    assert matcher.match(QUESTION).best.target.entry == "privacy.access-my-data"
+    assert len(saved.read_bytes()) > 1000  # and saved whole again
+
+
+def test_a_folder_it_cannot_write_only_costs_speed(knowledge_dir: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="bot.snapshot"):
+        knowledge, matcher = snapshot.load(knowledge_dir, "amsterdam", blocked / "cache", TODAY)
+    assert "not saved" in caplog.text
+    assert matcher.match(QUESTION).best is not None
+
+
+def test_only_the_same_citys_older_snapshots_are_removed(knowledge_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    other_city = cache / f"index-amsterdam-west-{'0' * 32}.pickle"
+    stale = cache / f"index-amsterdam-{'f' * 32}.pickle"
+    other_city.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    assert other_city.exists() and not stale.exists()
+
+
+def test_without_a_folder_it_always_builds(knowledge_dir: Path) -> None:
+    knowledge, matcher = snapshot.load(knowledge_dir, "nyc", None, TODAY)
+    assert knowledge.city.id == "nyc"
+    assert matcher.match(QUESTION).best is not None
