@@ -39,6 +39,7 @@ REJECT = 0.5  # confidence below this: "I don't know" (calibrated on dev.jsonl, 
 RERANK = 8  # how many of the best BM25 candidates are re-scored by their closest phrasing
 PHRASE_BONUS = 0.5  # a question identical to a phrasing scores this much more (x1.5)
 MARGIN = 0.08  # runners-up within this share of the best are offered as "Did you mean"
+EXPLAIN_MARGIN = 0.2  # a form ahead of its explaining entry by less than this share answers with the entry
 OTHER_LANGUAGE = 0.9  # a phrasing in a language other than the message's counts this much
 FUNCTION_WORD = 0.25  # weight factor of function words ("the", "de", "el") in the evidence mass
 K1, B = 1.2, 0.75  # BM25's usual term-saturation and length-normalisation constants
@@ -416,6 +417,13 @@ class Matcher:
             # One request either way: answer with the entry, whose answer explains and whose button starts the
             # flow, rather than start a form the resident may only have asked about.
             first = next(c for c in close if c.target.entry)
+        elif first.target.flow:
+            # A form ahead of the entry that explains it (and offers it) by less than EXPLAIN_MARGIN: the question
+            # may be how it works rather than "start it now"; the entry answers both, its button starts the form.
+            explains = [c for c in top[1:] if c.target.entry and self.offers.get(c.target.entry) == first.target.flow
+                        and c.score >= first.score * (1 - EXPLAIN_MARGIN)]
+            if explains:
+                first = explains[0]
         return Match(lang, first, top)
 
     def _same_request(self, close: tuple[Scored, ...]) -> bool:
