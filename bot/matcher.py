@@ -133,12 +133,14 @@ class _LanguageIndex:
             self._terms[word] = stem(self.synonyms.get(word, word), self.lang)
         self._normalised = {}
         terms_of = self._terms.__getitem__
-        self.phrasings: dict[Target, list[tuple[str, frozenset[str]]]] = defaultdict(list)
+        phrasings: dict[Target, list[tuple[str, frozenset[str]]]] = defaultdict(list)
+        # Each phrasing with its terms and the sum of their weights (for closest_phrasing), once weights are known.
+        self.phrasings: dict[Target, list[tuple[str, frozenset[str], float]]] = {}
         used: dict[Target, list[str]] = defaultdict(list)
         for target, text in items:
             terms = frozenset(map(terms_of, split[text]))
             if terms:
-                self.phrasings[target].append((text, terms))
+                phrasings[target].append((text, terms))
                 used[target].extend(terms)
         # One Counter per document from all its phrasings' terms: the counts and key order of updating it
         # phrasing by phrasing, without a Python-level update call per phrasing.
@@ -156,6 +158,9 @@ class _LanguageIndex:
             key = self._keyness([text for _, text in items] + list(prose), split)
             self.idf = {t: w * key.get(t, 1.0) for t, w in self.idf.items()}
         self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
+        idf = self.idf
+        self.phrasings = {target: [(text, terms, sum(map(idf.__getitem__, terms))) for text, terms in found]
+                          for target, found in phrasings.items()}
         self.vocab = sorted(self.idf)
         self._vocab_set = frozenset(self.vocab)
         avg = sum(sum(doc.values()) for doc in docs.values()) / max(n, 1)
@@ -289,17 +294,19 @@ class _LanguageIndex:
         return np.flatnonzero(sums > 0)
 
     def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
-        """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1)."""
+        """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1).
+
+        Jaccard = shared / (question + phrasing - shared), each a sum of idf weights: the phrasing's sum is kept
+        from the build and the question's taken once, so only the shared part is added up per phrasing."""
         best, closeness = "", 0.0
         idf = self.idf
-        for text, phrasing in self.phrasings.get(target, ()):
+        question = sum(map(idf.__getitem__, terms))  # every term of an analysis has an idf
+        for text, phrasing, mass in self.phrasings.get(target, ()):
             if terms.isdisjoint(phrasing):
                 continue  # closeness 0: never better than the best so far
-            # Every term of a question's analysis and of a phrasing has an idf: the lookups of the first version
-            # (idf.get with a default) give the same values, added in the same order.
             shared = sum(map(idf.__getitem__, terms & phrasing))
-            union = sum(map(idf.__getitem__, terms | phrasing))
-            c = shared / union if union else 0.0
+            union = question + mass - shared
+            c = shared / union if union > 0 else 0.0
             if c > closeness:
                 best, closeness = text, c
         return best, closeness

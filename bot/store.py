@@ -200,35 +200,30 @@ class Store:
         """Keep everything one message changed, in one transaction."""
         at = _iso(message.at)
         with self.transaction():
+            # The statements of every message are plain SQL, which sqlite3 prepares once and keeps (its statement
+            # cache): sqlite-utils' insert/upsert would read the table's columns again on every call.
+            sql = self.db.conn
             if message.id is not None:
                 replies = json.dumps([[r.text, list(r.choices)] for r in outcome.replies], ensure_ascii=False)
-                self.db["handled"].insert({"channel": message.channel, "id": message.id, "at": at,
-                                           "replies": self.cipher.seal(replies)}, replace=True)
-            self.db["conversations"].upsert(
-                {
-                    "channel": message.channel,
-                    "user": message.user,
-                    "state": self.cipher.seal(json.dumps(outcome.state.to_json(), ensure_ascii=False)),
-                    "updated_at": at,
-                },
-                pk=("channel", "user"),
-            )
+                sql.execute("INSERT OR REPLACE INTO handled (channel, id, at, replies) VALUES (?, ?, ?, ?)",
+                            (message.channel, message.id, at, self.cipher.seal(replies)))
+            sql.execute(
+                "INSERT INTO conversations (channel, user, state, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (channel, user) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (message.channel, message.user,
+                 self.cipher.seal(json.dumps(outcome.state.to_json(), ensure_ascii=False)), at))
             if any(isinstance(e, Forget) for e in outcome.effects):
                 self._forget(message.channel, message.user, at)
                 return
             seal = self.cipher.seal
             rows = [] if message.kind == "system" else [
-                {"channel": message.channel, "user": message.user, "at": at, "direction": "in",
-                 "text": seal(message.text[:MAX_KEPT_TEXT])}]
-            rows += [
-                {"channel": message.channel, "user": message.user, "at": at, "direction": "out",
-                 "text": seal(r.text)}
-                for r in outcome.replies
-            ]
-            self.db["transcript"].insert_all(rows)
+                (message.channel, message.user, at, "in", seal(message.text[:MAX_KEPT_TEXT]))]
+            rows += [(message.channel, message.user, at, "out", seal(r.text)) for r in outcome.replies]
+            sql.executemany("INSERT INTO transcript (channel, user, at, direction, text) VALUES (?, ?, ?, ?, ?)", rows)
             for effect in outcome.effects:
                 if isinstance(effect, Unanswered):
-                    self.db["unanswered"].insert({"at": at, "lang": effect.lang, "text": effect.text})
+                    sql.execute("INSERT INTO unanswered (at, lang, text) VALUES (?, ?, ?)",
+                                (at, effect.lang, effect.text))
                 elif isinstance(effect, CaseFiled):
                     self._file(message, effect.case, at)
                 elif isinstance(effect, CaseChanged):
