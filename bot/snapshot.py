@@ -4,9 +4,10 @@ reading and indexing it.
 Reading the YAML and building the matcher's index grow with the knowledge (about 2 s at 1,000 entries on a
 2-core machine); unpickling what they built takes a tenth of that (docs/performance.md, start-up). The file's
 name carries a fingerprint of everything the result depends on: every file under the knowledge folder, the
-city, the day (entries without a `reviewed` date take today's, and staleness warnings count from today), the
-source of bot/ and the versions of the libraries that shape the index. Any change gives a new name, so a stale
-snapshot is never read; older ones of the same city are removed when a new one is written.
+city, the source of bot/ and the versions of the libraries that shape the index. Any change gives a new name, so
+a stale snapshot is never read; older ones of the same city are removed when a new one is written. The day is
+not part of it: every loadable entry has its own `reviewed` date (a missing one is an error), and only the
+staleness warnings count from today; `run_bot.py check` computes those afresh and never reads a snapshot.
 
 A snapshot is a pickle, and unpickling runs code named in the file: it is only ever read from the deployment's
 data folder, which also holds the database and must be writable by the bot's own user only (docs/deploy.md).
@@ -37,10 +38,10 @@ _SHAPING = ("numpy", "rapidfuzz", "snowballstemmer", "stop-words", "wordfreq", "
 _CODE = Path(__file__).resolve().parent
 
 
-def fingerprint(root: Path, city: str, today: date) -> str:
+def fingerprint(root: Path, city: str) -> str:
     """A hash of everything a loaded knowledge and its index depend on."""
     h = hashlib.sha256()
-    for part in (f"format {FORMAT}", sys.version, city, today.isoformat(), *map(_version, _SHAPING)):
+    for part in (f"format {FORMAT}", sys.version, city, *map(_version, _SHAPING)):
         h.update(part.encode() + b"\0")
     for folder in (_CODE, root):
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
@@ -56,7 +57,7 @@ def load(root: Path, city: str, folder: Path | None, today: date | None = None) 
     today = today or date.today()
     if folder is None:
         return _build(root, city, today)
-    path = folder / f"index-{city}-{fingerprint(root, city, today)[:32]}.pickle"
+    path = folder / f"index-{city}-{fingerprint(root, city)[:32]}.pickle"
     found = _read(path)
     if found is not None:
         return found

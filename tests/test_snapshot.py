@@ -41,19 +41,24 @@ def test_second_load_reads_the_snapshot_and_matches_the_same(knowledge_dir: Path
     assert matcher.match(QUESTION).best.target.entry == "privacy.access-my-data"
 
 
-def test_a_changed_file_city_or_day_gives_a_new_snapshot(knowledge_dir: Path, tmp_path: Path) -> None:
+def test_a_changed_file_or_city_gives_a_new_snapshot_and_a_new_day_does_not(knowledge_dir: Path,
+                                                                            tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    before = snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY)
-    assert snapshot.fingerprint(knowledge_dir, "barcelona", TODAY) != before
-    assert snapshot.fingerprint(knowledge_dir, "amsterdam", date(2026, 11, 26)) != before
+    before = snapshot.fingerprint(knowledge_dir, "amsterdam")
+    assert snapshot.fingerprint(knowledge_dir, "barcelona") != before
+    snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
+    (first,) = cache.glob("index-amsterdam-*.pickle")
+    written = first.stat().st_mtime_ns
+    snapshot.load(knowledge_dir, "amsterdam", cache, date(2026, 11, 26))  # a restart the next day: read, not built
+    assert list(cache.glob("index-amsterdam-*.pickle")) == [first] and first.stat().st_mtime_ns == written
     snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
     synonyms = knowledge_dir / "common" / "synonyms" / "en.yaml"
     synonyms.write_text(synonyms.read_text(encoding="utf-8") + "- [telly, television]\n", encoding="utf-8")
-    assert snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY) != before
+    assert snapshot.fingerprint(knowledge_dir, "amsterdam") != before
     knowledge, _ = snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
     assert knowledge.synonyms["en"]["television"] == "telly"  # read afresh, not the old snapshot
     (only,) = cache.glob("index-amsterdam-*.pickle")  # the stale one is gone
-    assert snapshot.fingerprint(knowledge_dir, "amsterdam", TODAY)[:32] in only.name
+    assert snapshot.fingerprint(knowledge_dir, "amsterdam")[:32] in only.name
 
 
 def test_a_broken_snapshot_is_rebuilt_with_a_warning(knowledge_dir: Path, tmp_path: Path,
