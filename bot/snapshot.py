@@ -23,6 +23,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from datetime import date
 from importlib import metadata
 from pathlib import Path
@@ -58,10 +59,13 @@ def load(root: Path, city: str, folder: Path | None, today: date | None = None) 
     if folder is None:
         return _build(root, city, today)
     path = folder / f"index-{city}-{fingerprint(root, city)[:32]}.pickle"
+    started = time.monotonic()
     found = _read(path)
     if found is not None:
+        log.info("knowledge for %s read from snapshot %s in %.2f s", city, path.name, time.monotonic() - started)
         return found
     built = _build(root, city, today)
+    log.info("knowledge for %s read and indexed in %.2f s", city, time.monotonic() - started)
     _write(path, built)
     return built
 
