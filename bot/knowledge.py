@@ -551,6 +551,7 @@ def _read_words(r: _Reader, path: Path, lang: str, topics: dict, words: dict, ci
                 if n > MAX_ANSWER_WORDS:
                     r.add(file, rec.line_of("answer"), where, f"answer has {n} words (over {MAX_ANSWER_WORDS})",
                           "shorten it and link to a page for more", "warning")
+                _warn_broken_sentence(r, file, rec.line_of("answer"), where, answer)
                 target["answer"] = answer.strip()
                 if in_city:
                     city_answered[entry_id] = (file, rec.line_of("answer"))
@@ -757,6 +758,19 @@ def _read_names(r: _Reader, file: str, data: LineDict, key: str, languages: Iter
     return {str(k): str(v) for k, v in names.items()}
 
 
+_BROKEN_SENTENCE = re.compile(r"[a-zà-ÿ,;]\n[a-zà-ÿ]")
+
+
+def _warn_broken_sentence(r: _Reader, file: str, line: int, where: str, value: str) -> None:
+    """A line break in the middle of a sentence reaches the resident's phone as it is: 'key: |' keeps every break
+    of the file. Wrapping a paragraph for the file is what 'key: >' is for (it joins the lines)."""
+    found = _BROKEN_SENTENCE.search(value)
+    if found:
+        snippet = value[max(0, found.start() - 20):found.end() + 20].replace("\n", "⏎")
+        r.add(file, line, where, f"line break in the middle of a sentence ('...{snippet}...')",
+              "join the lines, or write the text as 'key: >' so that YAML joins them", "warning")
+
+
 def _placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
@@ -800,6 +814,7 @@ def _read_texts(r: _Reader, root: Path, city_dir: Path, langs: list[str]) -> dic
                     r.add(file, line, key, f"unknown placeholder(s) {', '.join(sorted(used - wanted))}",
                           f"this text may use: {', '.join(sorted(wanted)) or 'no placeholders'}")
                     continue
+                _warn_broken_sentence(r, file, line, key, value)
                 merged[key] = value.strip()
         if merged or lang in langs:
             for key in TEXT_KEYS:

@@ -180,3 +180,11 @@ def test_broken_outside_records_are_named_with_a_fix(mini):
     assert any("outside/en.yaml:7: subject 'taxes': unknown key 'answer'" in x for x in out), out
     assert any("outside/en.yaml:8: subject 'taxes': duplicate id (first on line 5)" in x for x in out), out
     assert any("'xx.yaml' is not one of the FAQ's languages (en)" in x for x in out), out
+
+
+def test_a_line_break_in_the_middle_of_a_sentence_warns(mini):
+    path = mini / "common/texts/en.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "dont_know: >\n", "dont_know: |\n", 1), encoding="utf-8")
+    out = [x for x in _check(mini) if "dont_know" in x]
+    assert len(out) == 1 and "line break in the middle of a sentence" in out[0] and "'key: >'" in out[0], out
