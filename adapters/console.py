@@ -45,7 +45,14 @@ class Console:
                 continue
             await on_message(Incoming(self.name, self.user, text, datetime.now(UTC)))
 
-    async def send(self, user: str, reply: Reply) -> None:
+    async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
+        self._write(reply)
+        return ()  # a terminal has no message ids
+
+    async def retract(self, room: str, message: str, notice: str) -> None:
+        """Nothing to take back: the console keeps no messages (and has no ids to name one)."""
+
+    def _write(self, reply: Reply) -> None:
         if self.json_lines:
             field = {"name": reply.field.name, "type": reply.field.type} if reply.field else None
             obj = {"text": reply.text, "choices": list(reply.choices), "field": field}

@@ -47,6 +47,7 @@ from nio import (
     MatrixRoom,
     MegolmEvent,
     RoomMemberEvent,
+    RoomRedactResponse,
     RoomSendResponse,
     SyncError,
     SyncResponse,
@@ -122,7 +123,7 @@ class MatrixChannel:
         finally:
             await self._close()
 
-    async def send(self, user: str, reply: Reply) -> str | None:
+    async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
         """Send one reply to the room `user` and return its event id; wait out rate limits (bounded); raise
         SendError otherwise."""
         client = self.client
@@ -146,7 +147,7 @@ class MatrixChannel:
                 # "No such room": the bot is not (or no longer) in that room; nothing later will change that.
                 raise SendError(f"matrix: cannot send to room {_hidden(user)}: {exc}", retryable=False) from exc
             if isinstance(response, RoomSendResponse):
-                return response.event_id
+                return (response.event_id,)
             if not isinstance(response, ErrorResponse):
                 raise SendError(f"matrix: unexpected answer to a send: {type(response).__name__}")
             if response.status_code == "M_LIMIT_EXCEEDED" and attempt < SEND_TRIES:
@@ -159,6 +160,26 @@ class MatrixChannel:
             raise SendError(f"matrix: the homeserver refused a reply to room {_hidden(user)} "
                             f"({response.status_code}: {response.message})",
                             retryable=response.status_code == "M_LIMIT_EXCEEDED" or status >= 500)
+
+    async def retract(self, room: str, message: str, notice: str) -> None:
+        """Redact an event the bot sent (client-server API, PUT /rooms/{roomId}/redact): the homeserver strips its
+        content for everyone, and `notice` is the reason shown in its place. No time limit applies."""
+        client = self.client
+        if client is None or not client.access_token:
+            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        try:
+            response = await client.room_redact(room, message, reason=notice, tx_id=f"retract-{message}")
+        except (ClientError, TimeoutError) as exc:
+            raise SendError(f"matrix: no answer from {self.settings.homeserver} to a redaction "
+                            f"({exc.__class__.__name__})", retryable=True) from exc
+        if isinstance(response, RoomRedactResponse):
+            return
+        if isinstance(response, ErrorResponse) and response.status_code == "M_NOT_FOUND":
+            return  # no such event (any more): nothing left to take back
+        status = _http_status(response) if isinstance(response, ErrorResponse) else 500
+        raise SendError(f"matrix: the homeserver refused a redaction in room {_hidden(room)} "
+                        f"({getattr(response, 'status_code', type(response).__name__)}: "
+                        f"{getattr(response, 'message', '')})", retryable=status >= 500 or status == 429)
 
     # -- login -------------------------------------------------------------------------------------------
 

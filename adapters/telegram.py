@@ -161,9 +161,9 @@ class TelegramChannel:
             self._app = None
             await app.shutdown()
 
-    async def send(self, user: str, reply: Reply) -> str | None:
+    async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
         """Send one reply as plain text, split to Telegram's limit, choices as buttons on the last part; return
-        the id of the last part (the help desk maps agents' replies to it)."""
+        the ids of the parts (the help desk maps agents' replies to each, and can take each back)."""
         app = self._app
         if app is None:
             raise SendError("telegram: the channel is not running (start it before sending)", retryable=True)
@@ -171,11 +171,41 @@ class TelegramChannel:
             raise SendError(f"telegram: {user!r} is not a Telegram chat id (a whole number)", retryable=False)
         parts = split(reply.text)
         markup = self._keyboard(user, reply.choices)
-        message_id = None
+        ids = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             message_id = await self._send_part(app, user, part, markup if last else None)
-        return message_id
+            if message_id is not None:
+                ids.append(message_id)
+        return tuple(ids)
+
+    async def retract(self, room: str, message: str, notice: str) -> None:
+        """Delete a message the bot sent. Telegram lets a bot delete its messages in a group for 48 hours only
+        (Bot API deleteMessage); an older one is edited to `notice` instead (editMessageText has no such limit)."""
+        app = self._app
+        if app is None:
+            raise SendError("telegram: the channel is not running (start it before retracting)", retryable=True)
+        try:
+            await app.bot.delete_message(chat_id=int(room), message_id=int(message))
+            return
+        except BadRequest as exc:
+            if "not found" in exc.message.lower():
+                return  # already gone (an admin deleted it): nothing left to take back
+            refused = exc.message
+        except Forbidden:
+            raise SendError("telegram: the bot is no longer in the staff group (403)", retryable=False) from None
+        except NetworkError as exc:  # after BadRequest, its subclass: a timeout or a connection error
+            raise SendError(f"telegram: no answer to deleteMessage ({exc.__class__.__name__})") from None
+        try:
+            await app.bot.edit_message_text(chat_id=int(room), message_id=int(message), text=notice)
+        except BadRequest as exc:
+            if "not modified" in exc.message.lower():
+                return  # edited before: done
+            raise SendError(f"telegram: could neither delete ({refused}) nor edit ({exc.message}) a staff-room "
+                            "message", retryable=False) from None
+        except (Forbidden, NetworkError) as exc:
+            raise SendError(f"telegram: editMessageText failed ({exc.__class__.__name__})",
+                            retryable=not isinstance(exc, Forbidden)) from None
 
     def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
         builder = ApplicationBuilder().token(self.token)

@@ -128,6 +128,7 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "staff_ticket": ("ref", "language", "question", "cases", "transcript"),
         "staff_relay": ("ref", "text"),
         "staff_left": ("ref",),
+        "staff_retracted": (),
         "staff_claimed": ("ref", "name"),
         "staff_closed": ("ref", "name"),
         "staff_refused": ("command",),

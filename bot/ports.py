@@ -22,7 +22,15 @@ class Channel(Protocol):
 
     async def run(self, on_message: Callable[[Incoming], Awaitable[None]]) -> None: ...
 
-    async def send(self, user: str, reply: Reply) -> str | None: ...  # the message's id, if any; raises SendError
+    async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
+        """Send a reply; return the ids of the messages it became (several when the channel split it; none when
+        the channel has no ids). Raises SendError."""
+        ...
+
+    async def retract(self, room: str, message: str, notice: str) -> None:
+        """Take back a message this bot sent to `room`, leaving `notice` where the channel shows one (a Matrix
+        redaction's reason; a Telegram message too old to delete is edited to it). Raises SendError."""
+        ...
 
 
 @dataclass(frozen=True)

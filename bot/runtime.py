@@ -127,7 +127,8 @@ class Runtime:
             outcome = self.process(message)
             for reply in outcome.replies:
                 await self.send(channel, message.user, reply)
-            if any(isinstance(e, Forget) for e in outcome.effects):
+            forgot = any(isinstance(e, Forget) for e in outcome.effects)
+            if forgot:
                 self.store.checkpoint()  # erased rows must leave the write-ahead log too, not only the tables
             if any(isinstance(e, Export) for e in outcome.effects):
                 await self.send_export(channel, message.user, outcome.state)
@@ -139,6 +140,8 @@ class Runtime:
                                     effect.ref)
             elif isinstance(effect, TicketLeft):
                 await self.to_staff(self.staff_text("staff_left", ref=effect.ref), effect.ref)
+        if forgot:
+            await self.retract()
         if self.outbox is not None and any(isinstance(e, CaseFiled) for e in outcome.effects):
             # A new case goes out at once; the scheduled pass retries what fails. The message's own time counts
             # as now at the least, so that a case is never "not yet due" for a clock a little behind the channel's.
@@ -152,14 +155,14 @@ class Runtime:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    async def send(self, channel: Channel, user: str, reply: Reply) -> str | None:
+    async def send(self, channel: Channel, user: str, reply: Reply) -> tuple[str, ...]:
         """Send one reply; a failed send is logged and does not stop the rest of the message's work (what it
         reported is committed: the resident sees it with /status, /letter or the next reply)."""
         try:
-            return await channel.send(user, reply)
+            return tuple(await channel.send(user, reply) or ())
         except SendError as exc:
             log.warning("a reply was not sent channel=%s user=%s: %s", channel.name, self.pseudonym(user), exc)
-            return None
+            return ()
 
     # -- the help desk -------------------------------------------------------------------------------------------
 
@@ -177,12 +180,40 @@ class Runtime:
             log.error("help desk: channel %s is not running; a staff-room post was not made", self.desk.channel)
             return
         try:
-            message_id = await staff.send(self.desk.room, Reply(text))
+            ids = tuple(await staff.send(self.desk.room, Reply(text)) or ())
         except SendError as exc:
             log.error("help desk: could not post in the staff room: %s", exc)
             return
-        if message_id and ref:
-            self.store.staff_message(ref, str(message_id), first=first)
+        if ref:
+            for i, message_id in enumerate(ids):  # every part: a reply to any finds the ticket, /forget takes all
+                self.store.staff_message(ref, str(message_id), first=first and i == len(ids) - 1)
+
+    async def retract(self) -> int:
+        """Take back the staff-room posts about residents who used /forget (GDPR Art. 17); what fails stays for
+        the next try (after the next /forget, and hourly). Returns how many were taken back."""
+        pending = self.store.retractions()
+        if not pending:
+            return 0
+        staff = self.channels.get(self.desk.channel) if self.desk else None
+        if staff is None:
+            log.warning("help desk: %d staff-room post(s) wait to be taken back; the staff channel is not running",
+                        len(pending))
+            return 0
+        done = 0
+        notice = self.staff_text("staff_retracted")
+        for message_id in pending:
+            try:
+                await staff.retract(self.desk.room, message_id, notice)
+            except SendError as exc:
+                if self.store.retracted(message_id, done=False):
+                    log.error("help desk: gave up taking back a staff-room post after repeated failures: %s", exc)
+                else:
+                    log.warning("help desk: could not take back a staff-room post yet: %s", exc)
+                continue
+            self.store.retracted(message_id, done=True)
+            done += 1
+        log.info("help desk: took back %d staff-room post(s) after an erasure", done)
+        return done
 
     async def post_ticket(self, ticket: Ticket, message: Incoming) -> None:
         lines = []

@@ -46,6 +46,7 @@ async def serve(runtime: Runtime, channels: list[Channel], config: Config) -> in
     jobs = [
         asyncio.create_task(_every(DELIVERY_EVERY, runtime.deliver, "outbox"), name="outbox"),
         asyncio.create_task(_every(REMINDERS_EVERY, lambda: runtime.remind(datetime.now(UTC)), "reminders")),
+        asyncio.create_task(_every(REMINDERS_EVERY, runtime.retract, "retractions")),
         asyncio.create_task(_every(PURGE_EVERY, lambda: _purge(runtime, config), "purge")),
     ]
     log.info("serving channels=%s city=%s", ",".join(ch.name for ch in channels), runtime.brain.knowledge.city.id)

@@ -110,7 +110,16 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["handled"].add_column("replies", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    # Staff-room posts to take back after a resident's /forget (GDPR Art. 17): the bot posted their question and
+    # messages there. Kept until the staff channel confirms (a channel that is down is tried again later).
+    db["retractions"].create({"message": str, "at": str, "tries": int}, pk="message")
+    # Whose message each handled row was: /forget must erase the replies kept there too (they can quote answers).
+    db["handled"].add_column("user", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+RETRACT_TRIES = 10  # then the post is given up on, and the log says so (hourly tries: about ten hours)
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
 SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
@@ -205,15 +214,15 @@ class Store:
             sql = self.db.conn
             if message.id is not None:
                 replies = json.dumps([[r.text, list(r.choices)] for r in outcome.replies], ensure_ascii=False)
-                sql.execute("INSERT OR REPLACE INTO handled (channel, id, at, replies) VALUES (?, ?, ?, ?)",
-                            (message.channel, message.id, at, self.cipher.seal(replies)))
+                sql.execute("INSERT OR REPLACE INTO handled (channel, id, at, replies, user) VALUES (?, ?, ?, ?, ?)",
+                            (message.channel, message.id, at, self.cipher.seal(replies), message.user))
             sql.execute(
                 "INSERT INTO conversations (channel, user, state, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (channel, user) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
                 (message.channel, message.user,
                  self.cipher.seal(json.dumps(outcome.state.to_json(), ensure_ascii=False)), at))
             if any(isinstance(e, Forget) for e in outcome.effects):
-                self._forget(message.channel, message.user, at)
+                self._forget(message.channel, message.user, at, keep=message.id)
                 return
             seal = self.cipher.seal
             rows = [] if message.kind == "system" else [
@@ -269,13 +278,23 @@ class Store:
 
     # -- the resident's rights: erasure and access ----------------------------------------------------------------
 
-    def _forget(self, channel: str, user: str, at: str) -> None:
+    def _forget(self, channel: str, user: str, at: str, keep: str | None = None) -> None:
         """Erase a resident (GDPR Art. 17). Cases the city already received stay with the city: here they keep only
-        reference, status and dates. Called inside the message's transaction."""
+        reference, status and dates. Called inside the message's transaction; `keep` is the id of the message
+        asking for it, whose own "done" reply stays so that a second delivery of it is not handled again."""
         self.db.execute("DELETE FROM conversations WHERE channel = ? AND user = ?", [channel, user])
         self.db.execute("DELETE FROM transcript WHERE channel = ? AND user = ?", [channel, user])
-        self.db.execute("UPDATE tickets SET channel = '', user = '', question = NULL, status = 'closed', "
-                        "closed_by = COALESCE(closed_by, 'erased') WHERE channel = ? AND user = ?", [channel, user])
+        self.db.execute("DELETE FROM handled WHERE channel = ? AND user = ? AND id IS NOT ?", [channel, user, keep])
+        self.db.execute("UPDATE handled SET user = NULL WHERE channel = ? AND user = ?", [channel, user])
+        # The bot's posts about the resident's tickets in the staff room are taken back after the commit (the
+        # runtime does it: bot/runtime.py retract); agents' own messages there are theirs, not the bot's.
+        tickets = "SELECT ref FROM tickets WHERE channel = ? AND user = ?"
+        self.db.execute(f"INSERT OR IGNORE INTO retractions (message, at, tries) SELECT message, ?, 0 "
+                        f"FROM staff_messages WHERE ref IN ({tickets})", [at, channel, user])
+        self.db.execute(f"DELETE FROM staff_messages WHERE ref IN ({tickets})", [channel, user])
+        self.db.execute("UPDATE tickets SET channel = '', user = '', question = NULL, staff_message = NULL, "
+                        "status = 'closed', closed_by = COALESCE(closed_by, 'erased') WHERE channel = ? AND user = ?",
+                        [channel, user])
         refs = self.db.execute(
             "SELECT c.ref, o.status FROM cases c LEFT JOIN outbox o ON o.ref = c.ref "
             "WHERE c.channel = ? AND c.user = ?", [channel, user]).fetchall()
@@ -311,6 +330,25 @@ class Store:
             self.db["staff_messages"].upsert({"message": message, "ref": ref}, pk="message")
             if first:
                 self.db["tickets"].update(ref, {"staff_message": message})
+
+    def retractions(self, limit: int = 100) -> list[str]:
+        """Staff-room posts still to take back, oldest first."""
+        rows = self.db.execute("SELECT message FROM retractions ORDER BY at, message LIMIT ?", [limit]).fetchall()
+        return [r[0] for r in rows]
+
+    def retracted(self, message: str, done: bool) -> bool:
+        """Record one try: done removes the post from the list; a failure counts, and past RETRACT_TRIES the post
+        is given up on. Returns whether it was given up on."""
+        with self.transaction():
+            if done:
+                self.db.execute("DELETE FROM retractions WHERE message = ?", [message])
+                return False
+            self.db.execute("UPDATE retractions SET tries = tries + 1 WHERE message = ?", [message])
+            row = self.db.execute("SELECT tries FROM retractions WHERE message = ?", [message]).fetchone()
+            if row is not None and row[0] >= RETRACT_TRIES:
+                self.db.execute("DELETE FROM retractions WHERE message = ?", [message])
+                return True
+            return False
 
     def claim_ticket(self, ref: str, agent: str, agent_name: str, now: datetime) -> None:
         with self.transaction():

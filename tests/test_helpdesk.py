@@ -11,6 +11,7 @@ from bot.core import Brain, Policy
 from bot.handoff import Desk, OfficeHours, inert, parse_agent
 from bot.knowledge import load
 from bot.messages import Incoming, Reply
+from bot.ports import SendError
 from bot.runtime import Runtime
 from bot.store import Store
 
@@ -23,13 +24,20 @@ class Channel:
     def __init__(self, name: str) -> None:
         self.name = name
         self.sent: list[tuple[str, Reply]] = []
+        self.retracted: list[tuple[str, str, str]] = []
+        self.down = False
 
     async def run(self, on_message) -> None:  # pragma: no cover
         return None
 
-    async def send(self, user: str, reply: Reply) -> str:
+    async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
         self.sent.append((user, reply))
-        return f"msg-{len(self.sent)}"
+        return (f"msg-{len(self.sent)}",)
+
+    async def retract(self, room: str, message: str, notice: str) -> None:
+        if self.down:
+            raise SendError("the staff channel is down")
+        self.retracted.append((room, message, notice))
 
 
 class Desk_:
@@ -193,3 +201,35 @@ def test_a_second_ticket_is_not_opened_and_closing_the_first_keeps_the_state_rig
     out = desk.resident("Talk to a person")
     assert f"already have a question with the help desk ({ref})" in out[-1]
     assert len(desk.runtime.store.tickets("open")) == 1
+
+
+def test_forget_takes_back_the_staff_posts_and_retries_while_the_staff_channel_is_down(tmp_path):
+    desk = Desk_(tmp_path)
+    ref = desk.ask_for_a_person()
+    desk.resident("It was in March")  # relayed to the staff room
+    desk.resident("/bot")  # leaves the queue: "went back to the bot" is posted too
+    posted = [f"msg-{i}" for i in range(1, len(desk.matrix.sent) + 1)]
+    assert len(posted) == 3 and ref in desk.matrix.sent[0][1].text
+    desk.matrix.down = True
+    desk.resident("/forget")
+    assert desk.resident("Yes, erase it")[0].startswith("Done")  # the erasure does not wait for the staff room
+    assert desk.runtime.store.retractions() == posted  # kept to try again
+    assert desk.runtime.store.ticket(ref)["question"] is None
+    desk.matrix.down = False
+    assert asyncio.run(desk.runtime.retract()) == 3  # the hourly job
+    assert [m for _, m, _ in desk.matrix.retracted] == posted
+    assert desk.runtime.store.retractions() == []
+
+
+def test_a_post_that_cannot_be_taken_back_is_given_up_on_after_repeated_tries(tmp_path, caplog):
+    from bot.store import RETRACT_TRIES
+
+    desk = Desk_(tmp_path)
+    desk.ask_for_a_person()
+    desk.matrix.down = True
+    desk.resident("/forget")
+    desk.resident("Yes, erase it")  # the first try
+    for _ in range(RETRACT_TRIES - 1):
+        asyncio.run(desk.runtime.retract())
+    assert desk.runtime.store.retractions() == []
+    assert "gave up taking back a staff-room post" in caplog.text

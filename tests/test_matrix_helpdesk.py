@@ -7,7 +7,16 @@ import asyncio
 import contextlib
 from typing import Any
 
-from nio import AsyncClient, ErrorResponse, MatrixRoom, RoomCreateResponse, RoomMessageText, RoomSendResponse
+from nio import (
+    AsyncClient,
+    ErrorResponse,
+    MatrixRoom,
+    RedactedEvent,
+    RoomCreateResponse,
+    RoomGetEventResponse,
+    RoomMessageText,
+    RoomSendResponse,
+)
 
 from adapters.matrix import MatrixChannel
 from bot.core import Brain, Policy
@@ -113,6 +122,20 @@ def test_a_matrix_staff_room_round_trip(synapse, tmp_path):  # noqa: F811
                 assert "back with the bot" in closed["body"]
                 events = [e["event"] for e in runtime.store.ticket_history(ref)]
                 assert events == ["opened", "claimed", "agent replied", "closed"]
+
+                # GDPR Art. 17: after /forget the bot redacts what it posted about the resident in the staff room.
+                await resident.say("/forget")
+                await resident.replies(1)
+                await resident.say("Yes, erase it")
+                await resident.replies(1)
+                for _ in range(40):  # bounded: the redaction follows the replies
+                    got = await bounded(agent.client.room_get_event(room, ticket_post), "the ticket post")
+                    if isinstance(got, RoomGetEventResponse) and isinstance(got.event, RedactedEvent):
+                        break
+                    await asyncio.sleep(0.25)
+                assert isinstance(got.event, RedactedEvent), got
+                assert got.event.reason == "(Removed: the resident asked for their data to be erased.)"
+                assert runtime.store.retractions() == []
         finally:
             await bot.stop()
             await agent.stop()

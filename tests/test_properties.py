@@ -33,7 +33,7 @@ def test_any_message_sequence_yields_valid_outcomes(messages):
 
 DOCUMENTED_TABLES = {  # docs/privacy.md lists what each holds
     "conversations", "transcript", "unanswered", "cases", "outbox", "case_events", "tickets", "staff_messages",
-    "ticket_events", "handled",
+    "ticket_events", "handled", "retractions",
 }
 FLOW_WORDS = ["I want to file a data protection request", "start a complaint", "request public documents",
               "talk to a person", "1", "2", "yes", "no", "Jane Doe", "jane@example.org", "14-03-1980", "/back",

@@ -77,3 +77,17 @@ def test_a_message_delivered_twice_is_handled_once(tmp_path):
     again = runtime.process(message)
     assert first.replies and again.replies == first.replies  # the same answer again, not the work again
     assert runtime.store.db["transcript"].count == 1 + len(first.replies)
+
+
+def test_forget_erases_the_replies_kept_for_redelivery_but_not_its_own(tmp_path):
+    from bot.messages import Forget
+
+    store = Store(tmp_path / "db.sqlite")
+    store.commit(Incoming("telegram", "u1", "my name is Jane Doe", AT, id="m1"),
+                 Outcome(State(), (Reply("Name: Jane Doe. Is that right?"),)))
+    store.commit(Incoming("telegram", "u2", "hello", AT, id="m2"), Outcome(State(), (Reply("Hi"),)))
+    store.commit(Incoming("telegram", "u1", "Yes, erase it", AT, id="m3"),
+                 Outcome(State(), (Reply("Done"),), (Forget(),)))
+    assert store.handled("telegram", "m1") is None  # its replies quoted the resident: gone
+    assert store.handled("telegram", "m3") == (Reply("Done"),)  # delivered again: the same answer, no second erasure
+    assert store.handled("telegram", "m2") == (Reply("Hi"),)  # someone else's: untouched

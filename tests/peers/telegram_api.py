@@ -40,6 +40,8 @@ class BotAPI:
         self._updates: list[dict[str, Any]] = []
         self._next_update = 1
         self._next_message = 100
+        self.deleted: set[int] = set()  # message ids the bot deleted (deleteMessage)
+        self.aged: set[int] = set()  # message ids a test made older than 48 hours (no longer deletable)
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -250,6 +252,26 @@ class BotAPI:
         chat = {"id": int(params["chat_id"]), "type": "private"}
         return 200, {"message_id": params["message_id"], "date": int(time.time()), "chat": chat, "from": BOT_USER,
                      "text": text}
+
+    def _deleteMessage(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
+        # Bot API deleteMessage: a bot deletes its own messages in a group for 48 hours only (`aged` marks the
+        # older ones); a message already deleted is "not found".
+        message_id = int(params["message_id"])
+        with self._cond:
+            if message_id in self.deleted or message_id > self._next_message:
+                return 400, "Bad Request: message to delete not found"
+            if message_id in self.aged:
+                return 400, "Bad Request: message can't be deleted"
+            self.deleted.add(message_id)
+        return 200, True
+
+    def _editMessageText(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
+        message_id = int(params["message_id"])
+        if message_id in self.deleted or message_id > self._next_message:
+            return 400, "Bad Request: message to edit not found"
+        chat = {"id": int(params["chat_id"]), "type": "private"}
+        return 200, {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": BOT_USER,
+                     "text": str(params.get("text") or "")}
 
     def _answerCallbackQuery(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
         return 200, True
