@@ -287,7 +287,9 @@ def cmd_eval(app: App) -> int:
     for line in lines:
         rec = answer_record(brain, line["q"], None)
         expect = line["expect"]
-        got = rec["id"] or (f"flow:{rec['flow']}" if rec["flow"] else ("unsure" if rec["candidates"] else "none"))
+        got = rec["id"] or (f"flow:{rec['flow']}" if rec["flow"] else ("unsure" if rec["candidates"] else
+                                                                      f"outside:{rec['outside']}" if rec["outside"]
+                                                                      else "none"))
         if "flow" in expect:
             kind, want, ok = "flow", f"flow:{expect['flow']}", rec["flow"] == expect["flow"]
         elif expect.get("id") is None:

@@ -397,7 +397,7 @@ class _Turn:
         if match.outside is not None:
             # A city matter this bot does not handle (knowledge outside/): point to the city's general line. Not
             # a gap in the FAQ, so the question is not kept for staff, and it is not a miss that offers a person.
-            return self.say(self.t("outside_topic", contact=self.helpdesk_contact()), self.menu_offers())
+            return self.say(self.t("outside_topic", contact=self.helpdesk_contact()), self.menu_offers(), why=None)
         return self.dont_know(text)
 
     def answer(self, entry: Entry, why: Why | None) -> Outcome:

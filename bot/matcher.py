@@ -39,6 +39,7 @@ REJECT = 0.5  # confidence below this: "I don't know" (calibrated on dev.jsonl, 
 RERANK = 8  # how many of the best BM25 candidates are re-scored by their closest phrasing
 PHRASE_BONUS = 0.5  # a question identical to a phrasing scores this much more (x1.5)
 MARGIN = 0.08  # runners-up within this share of the best are offered as "Did you mean"
+EXCLUSIVE = 1.0  # keyness of words no outside subject uses ("data", "privacy") that keeps a question in scope
 EXPLAIN_MARGIN = 0.2  # a form ahead of its explaining entry by less than this share answers with the entry
 OTHER_LANGUAGE = 0.9  # a phrasing in a language other than the message's counts this much
 FUNCTION_WORD = 0.25  # weight factor of function words ("the", "de", "el") in the evidence mass
@@ -156,10 +157,15 @@ class _LanguageIndex:
         self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) / rarest for t, d in df.items()}
         if KEYNESS_FULL:
             key = self._keyness([text for _, text in items] + list(prose), split)
+            self.keyness = key
             self.idf = {t: w * key.get(t, 1.0) for t, w in self.idf.items()}
         self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
+        if not KEYNESS_FULL:
+            self.keyness = {}
+        self.outside_terms = frozenset(t for target, found in phrasings.items() if target.outside
+                                       for _, terms in found for t in terms)
         idf = self.idf
-        self.phrasings = {target: [(text, terms, sum(map(idf.__getitem__, terms))) for text, terms in found]
+        self.phrasings = {target: [(text, terms, sum(map(idf.__getitem__, sorted(terms)))) for text, terms in found]
                           for target, found in phrasings.items()}
         self.vocab = sorted(self.idf)
         self._vocab_set = frozenset(self.vocab)
@@ -293,6 +299,11 @@ class _LanguageIndex:
             return np.flatnonzero((sums >= kth) & (sums > 0))
         return np.flatnonzero(sums > 0)
 
+    def exclusive(self, terms: frozenset[str]) -> float:
+        """The weight of the question's terms that only entries and flows use, never an outside subject ("data",
+        "privacy"): evidence that a question naming a city matter is still about digital rights."""
+        return sum(self.keyness.get(t, 1.0) for t in sorted(terms) if t not in self.outside_terms)
+
     def closest_phrasing(self, target: Target, terms: frozenset[str]) -> tuple[str, float]:
         """The phrasing of `target` closest to the question's terms, and how close (weighted Jaccard, 0..1).
 
@@ -300,16 +311,23 @@ class _LanguageIndex:
         from the build and the question's taken once, so only the shared part is added up per phrasing."""
         best, closeness = "", 0.0
         idf = self.idf
-        question = sum(map(idf.__getitem__, terms))  # every term of an analysis has an idf
+        question = sum(map(idf.__getitem__, sorted(terms)))  # every term of an analysis has an idf
         for text, phrasing, mass in self.phrasings.get(target, ()):
             if terms.isdisjoint(phrasing):
                 continue  # closeness 0: never better than the best so far
-            shared = sum(map(idf.__getitem__, terms & phrasing))
+            # Sums in sorted order: the same floats whatever a set's order (hash seeds), so ties break alike.
+            shared = sum(map(idf.__getitem__, sorted(terms & phrasing)))
             union = question + mass - shared
-            c = shared / union if union > 0 else 0.0
+            c = min(1.0, shared / union) if union > 0 else 0.0
             if c > closeness:
                 best, closeness = text, c
         return best, closeness
+
+
+def _in_scope_first(keys: list[str]) -> list[str]:
+    """The first RERANK keys that are entries or flows, then the first outside subject (keys in rank order)."""
+    in_scope = [k for k in keys if not k.startswith("outside:")][:RERANK]
+    return in_scope + [k for k in keys if k.startswith("outside:")][:1]
 
 
 class Matcher:
@@ -385,9 +403,10 @@ class Matcher:
                 continue
             sums[lg] = found = index.sums(terms)
             keys = index.keys
-            ranked_here = heapq.nsmallest(RERANK, index.leaders(found, RERANK).tolist(),
+            # The RERANK best entries and flows, and the best outside subject: subjects must not take their places.
+            ranked_here = heapq.nsmallest(2 * RERANK, index.leaders(found, 2 * RERANK).tolist(),
                                           key=lambda i: (-found[i], keys[i]))
-            wanted.update(keys[i] for i in ranked_here)
+            wanted.update(_in_scope_first([keys[i] for i in ranked_here]))
         combined: dict[str, tuple[float, str]] = {}
         for lg, found in sums.items():
             index, (terms, mass) = self.indexes[lg], analysed[lg]
@@ -400,7 +419,8 @@ class Matcher:
                 score = float(found[i]) / scale * factor
                 if score > combined.get(key, (-1.0, ""))[0]:
                     combined[key] = (score, lg)
-        ranked = heapq.nsmallest(RERANK, combined.items(), key=lambda x: (-x[1][0], x[0]))
+        order = heapq.nsmallest(2 * RERANK, combined.items(), key=lambda x: (-x[1][0], x[0]))
+        ranked = [(key, combined[key]) for key in _in_scope_first([key for key, _ in order])]
         # A question close to one phrasing as a whole is stronger evidence than the same words spread out.
         scored = []
         for key, (score, lg) in ranked:
@@ -408,12 +428,17 @@ class Matcher:
             phrasing, closeness = index.closest_phrasing(target, analysed[lg][0])
             scored.append(Scored(target, round(score * (1 + PHRASE_BONUS * closeness), 4), phrasing, lg))
         scored.sort(key=lambda x: (-x.score, x.target.key))
-        if scored and scored[0].target.outside and scored[0].score >= REJECT:
-            # Closest to a city matter the bot does not handle: say so and point to the city, rather than give
-            # the nearest digital-rights answer ("how long does a building permit take" is not about deadlines
-            # for data requests).
-            return Match(lang, None, (), outside=scored[0])
         top = tuple(s for s in scored if not s.target.outside)[:limit]
+        outside = next((s for s in scored if s.target.outside), None)
+        if outside is not None and outside.score >= REJECT and (
+                not top or top[0].score < max(REJECT, outside.score * (1 - MARGIN))) and (
+                not top or top[0].score < REJECT
+                or self.indexes[outside.lang].exclusive(analysed[outside.lang][0]) < EXCLUSIVE):
+            # Clearly closest to a city matter the bot does not handle: say so and point to the city, rather than
+            # give the nearest digital-rights answer ("how long does a building permit take" is not about the
+            # deadline of a data request). Within MARGIN of an entry or flow, or when the question also uses words
+            # only the FAQ uses ("who sees my data when I apply for a building permit"), it answers as usual.
+            return Match(lang, None, (), outside=outside)
         if not top or top[0].score < REJECT:
             return Match(lang, None, ())
         first = top[0]
@@ -428,7 +453,7 @@ class Matcher:
             # A form ahead of the entry that explains it (and offers it) by less than EXPLAIN_MARGIN: the question
             # may be how it works rather than "start it now"; the entry answers both, its button starts the form.
             explains = [c for c in top[1:] if c.target.entry and self.offers.get(c.target.entry) == first.target.flow
-                        and c.score >= first.score * (1 - EXPLAIN_MARGIN)]
+                        and c.score >= max(REJECT, first.score * (1 - EXPLAIN_MARGIN))]
             if explains:
                 first = explains[0]
         return Match(lang, first, top)

@@ -185,4 +185,5 @@ def test_a_city_matter_the_bot_does_not_handle_points_to_the_city_line(mini):
     assert "Demoville" in said[0].text  # no helpdesk office in this city: its name
     assert chat.effects == []  # not a gap in the FAQ: nothing kept
     assert chat.state.misses == 0  # and not a miss that would offer a person
+    assert chat.state.why is None  # /why does not explain an earlier, unrelated answer
     assert "cameras" in chat.text("who watches the street cameras").lower()  # the FAQ still answers

@@ -33,3 +33,17 @@ def test_outside_subjects_never_become_candidates_or_answers(mini, question):
     match = matcherlib.Matcher(knowledgelib.load(mini, "demo")).match(question)
     assert match.best is None and match.candidates == ()
     assert match.outside is not None and match.outside.target.key == "outside:parking"
+
+
+@pytest.mark.parametrize(("question", "declined"), [
+    ("how do I get a parking permit", True),
+    ("when do they collect bulky rubbish in my street", True),
+    ("who sees my data when I apply for a building permit online", False),  # "data": only the FAQ's word
+    ("wie ziet mijn gegevens als ik een parkeervergunning aanvraag", False),
+])
+def test_a_city_matter_is_declined_unless_the_question_is_about_digital_rights_too(question, declined):
+    from tests.conftest import brain_for
+
+    match = brain_for("amsterdam").matcher.match(question)
+    assert (match.outside is not None) is declined, (match.outside, match.best, match.candidates)
+    assert declined or match.best is not None or match.unsure
