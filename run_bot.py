@@ -35,7 +35,7 @@ def _globals() -> argparse.ArgumentParser:
     # Global options are accepted before or after the command (`run_bot.py --city nyc ask ...` or `ask --city nyc`).
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data", type=Path, default=argparse.SUPPRESS,
-                   help="folder for the SQLite file and the file outbox (default: ./data)")
+                   help="folder for the SQLite file, the file outbox and the index snapshot (default: ./data)")
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                    help="deployment settings (YAML); without it, the embedded default")
     p.add_argument("--knowledge", type=Path, default=argparse.SUPPRESS,
@@ -105,8 +105,9 @@ class App:
             if self.city and self.city not in cities:
                 where = "--city" if getattr(self.args, "city", None) else f"{self.config.source}: city"
                 raise UsageError(f"{where} {self.city}: no such city pack (choose one of: {', '.join(cities)})")
+            # `ask` and `eval` store nothing (docs/cli.md): they read a snapshot that is there, never write one.
             self._loaded = snapshot.load(self.knowledge_dir, self.city or knowledgelib.DEFAULT_CITY,
-                                         self.data_dir / "cache")
+                                         self.data_dir / "cache", save=self.args.command not in ("ask", "eval"))
         return self._loaded
 
     def knowledge(self) -> Knowledge:
