@@ -366,6 +366,10 @@ def _build(root: Path, city_id: str, today: date) -> tuple[Knowledge | None, lis
                       "name it <code>.yaml after a language of common/faq/")
     if city is None:
         return None, r.problems
+    if outside and "helpdesk" not in city.offices:
+        r.add(r.shown(city_dir / "city.yaml"), 1, "offices",
+              "outside/ subjects point residents to the city's general line, and there is no helpdesk office",
+              "add offices: helpdesk: with the city's general phone number or contact page", "warning")
     for lang in city.languages:
         if lang not in langs:
             r.add(r.shown(city_dir / "city.yaml"), 1, "languages", f"no FAQ in language '{lang}'",

@@ -157,6 +157,9 @@ def test_outside_subjects_are_read_from_common_and_the_city(mini):
     (mini / "cities/demo/outside").mkdir()
     (mini / "cities/demo/outside/en.yaml").write_text("- id: parking\n  phrasings: [demoville blue zone]\n"
                                                       "- id: ferry\n  phrasings: [ferry timetable]\n")
+    city = mini / "cities/demo/city.yaml"
+    city.write_text(city.read_text() + "offices:\n  helpdesk:\n    name: {en: Demoville city line}\n"
+                    "    phone: \"0800 123\"\n    source: https://example.org/contact\n")
     k = knowledgelib.load(mini, "demo")
     assert k.outside["parking"]["en"][-1] == "demoville blue zone" and len(k.outside["parking"]["en"]) == 5
     assert k.outside["ferry"]["en"] == ("ferry timetable",)
@@ -188,3 +191,11 @@ def test_a_line_break_in_the_middle_of_a_sentence_warns(mini):
         "dont_know: >\n", "dont_know: |\n", 1), encoding="utf-8")
     out = [x for x in _check(mini) if "dont_know" in x]
     assert len(out) == 1 and "line break in the middle of a sentence" in out[0] and "'key: >'" in out[0], out
+
+
+def test_outside_subjects_without_a_city_helpdesk_office_warn(mini):
+    (mini / "common/outside").mkdir()
+    (mini / "common/outside/en.yaml").write_text(OUTSIDE_EN)
+    out = _check(mini)
+    assert any("city.yaml:1: offices: warning: outside/ subjects point residents to the city's general line" in x
+               for x in out), out
