@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="measure matching on a labelled JSONL file")
     ev.add_argument("file", type=Path, help='lines {"q", "lang", "expect": {"id": ...} | {"flow": ...}}')
     ev.add_argument("--confusions", type=int, default=10, help="how many worst confusions to list (default 10)")
+    ev.add_argument("--misses", action="store_true", help="also list every missed line: expected, got, question")
     un = sub.add_parser("unanswered", parents=[common], help="questions the bot could not answer, grouped")
     un.add_argument("--since", default="30d", help="how far back: 7d, 24h, or a date YYYY-MM-DD (default 30d)")
     dl = sub.add_parser("deliver", parents=[common],
@@ -285,6 +286,7 @@ def cmd_eval(app: App) -> int:
     by_topic: dict[str, Counter] = defaultdict(Counter)
     confusions: Counter = Counter()
     totals: Counter = Counter()
+    missed: list[str] = []
     for line in lines:
         rec = answer_record(brain, line["q"], None)
         expect = line["expect"]
@@ -302,6 +304,7 @@ def cmd_eval(app: App) -> int:
         totals[kind, ok] += 1
         if not ok:
             confusions[want, got] += 1
+            missed.append(f"  [{line['lang']}] {want} -> {got}: {line['q']}")
 
     def rate(c: Counter, kind: str) -> str:
         n = c[kind, True] + c[kind, False]
@@ -314,6 +317,9 @@ def cmd_eval(app: App) -> int:
     print(f"worst confusions (expected -> got, count), of {sum(confusions.values())} misses:")
     for (want, got), n in confusions.most_common(app.args.confusions):
         print(f"  {want} -> {got}  x{n}")
+    if app.args.misses:
+        print(f"missed lines ({len(missed)}):")
+        print("\n".join(missed))
     print("per language: topics | flows | off-topic rejected")
     for lang in sorted(by_lang):
         c = by_lang[lang]

@@ -112,3 +112,12 @@ def test_bad_arguments_get_clear_errors(tmp_path):
     out = run("--city", "atlantis", "ask", "hello")
     assert out.returncode == 2 and "--city atlantis: no such city pack (choose one of: amsterdam" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_eval_misses_lists_each_missed_line(tmp_path):
+    lines = tmp_path / "mini.jsonl"
+    lines.write_text('{"q": "how can I see what data the city has about me", "lang": "en", '
+                     '"expect": {"id": "privacy.cctv"}}\n', encoding="utf-8")
+    out = run("eval", str(lines), "--misses", "--data", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "  [en] privacy.cctv -> privacy.access-my-data: how can I see what data the city has about me" in out.stdout
