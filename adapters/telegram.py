@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -317,11 +317,23 @@ class TelegramChannel:
 
     async def _send_part(self, app: Application[Any, Any, Any, Any, Any, Any], user: str, text: str,
                          markup: InlineKeyboardMarkup | None) -> str | None:
-        """Send one message and return its id; wait once on flood control (Bot API 429 retry_after), map errors
-        to SendError."""
+        """Send one message and return its id."""
+        return await self._call(partial(app.bot.send_message, chat_id=int(user), text=text, reply_markup=markup))
+
+    async def send_file(self, user: str, name: str, data: bytes) -> None:
+        """Send a file (the resident's /mydata export) as a document (Bot API sendDocument, up to 50 MB)."""
+        app = self._app
+        if app is None:
+            raise SendError("telegram: the channel is not running (start it before sending)", retryable=True)
+        await self._call(partial(app.bot.send_document, chat_id=int(user),
+                                 document=InputFile(data, filename=name)))
+
+    async def _call(self, send: Callable[[], Awaitable[Message | None]]) -> str | None:
+        """Make one Bot API call that sends a message and return its id; wait once on flood control (Bot API 429
+        retry_after), map errors to SendError."""
         for attempt in (1, 2):
             try:
-                sent = await app.bot.send_message(chat_id=int(user), text=text, reply_markup=markup)
+                sent = await send()
                 return str(sent.message_id) if sent is not None else None
             except RetryAfter as exc:
                 wait = _seconds(exc)

@@ -299,8 +299,12 @@ class Runtime:
         await self.send(channel, user, Reply(summary))
         send_file = getattr(channel, "send_file", None)
         if send_file is not None:
-            await send_file(user, "my-data.json", body.encode())
-            return
+            try:
+                await send_file(user, "my-data.json", body.encode())
+                return
+            except SendError as exc:  # the file did not go: the same data as messages, never nothing
+                log.warning("the /mydata file was not sent channel=%s user=%s: %s; sending it as messages",
+                            channel.name, self.pseudonym(user), exc)
         # No files on this channel: the JSON in parts small enough for any message (Matrix events: 64 KB).
         for start in range(0, len(body), EXPORT_PART):
             await self.send(channel, user, Reply(body[start:start + EXPORT_PART]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import re
 import socket
@@ -491,3 +492,24 @@ def test_neither_message_texts_nor_the_token_are_logged(api, tmp_path, caplog):
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("rightsdesk", "httpx"))]
     assert ours, "the channel logs what it does"
     assert not [m for m in ours if "Jane" in m or "drone" in m or TOKEN in m]
+
+
+def test_mydata_arrives_as_a_json_file_and_as_messages_when_the_file_is_refused(api, tmp_path):
+    async def scenario() -> None:
+        async with running(api, tmp_path / "bot.db") as desk:
+            await desk.say("/language en")
+            await desk.say("how can I see what data the city has about me")
+            before = await desk.say("/mydata")
+            assert before and all(r["text"] for r in before)  # the reply and the summary, as text
+            (upload,) = await api.wait_call("sendDocument")
+            assert upload.params["document"]["filename"] == "my-data.json"
+            export = json.loads(upload.params["document"]["data"])
+            assert export["profile"]["language"] == "en"
+            assert any("see what data" in line["text"] for line in export["conversation"])
+            # Telegram refuses the file (e.g. too big): the same data comes as messages, never nothing.
+            api.fail_next("sendDocument", 400, "Bad Request: file is too big")
+            replies = await desk.say("/mydata")
+            assert len(replies) == len(before) + 1  # the JSON fits one message here
+            assert json.loads(replies[-1]["text"])["profile"]["language"] == "en"
+
+    asyncio.run(scenario())

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -246,12 +248,22 @@ class BotAPI:
             return 400, "Bad Request: message text is empty"
         if len(text.encode("utf-16-le")) // 2 > TEXT_LIMIT:
             return 400, "Bad Request: message is too long"
+        return 200, {**self._new_message(params), "text": text}
+
+    def _new_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A Message the bot sent: the next id (kept in the call's params), the chat, the date."""
         with self._cond:
             self._next_message += 1
             params["message_id"] = self._next_message
         chat = {"id": int(params["chat_id"]), "type": "private"}
-        return 200, {"message_id": params["message_id"], "date": int(time.time()), "chat": chat, "from": BOT_USER,
-                     "text": text}
+        return {"message_id": params["message_id"], "date": int(time.time()), "chat": chat, "from": BOT_USER}
+
+    def _sendDocument(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
+        document = params.get("document")
+        if not isinstance(document, dict) or not document["data"]:
+            return 400, "Bad Request: file must be non-empty"
+        return 200, {**self._new_message(params), "document": {"file_id": f"doc{params['message_id']}", "file_unique_id": "u",
+                     "file_name": document["filename"], "file_size": len(document["data"])}}
 
     def _deleteMessage(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
         # Bot API deleteMessage: a bot deletes its own messages in a group for 48 hours only (`aged` marks the
@@ -313,10 +325,20 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _params(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """Decode a call's parameters: form fields, with JSON values (reply_markup, allowed_updates) decoded."""
+    """Decode a call's parameters: form fields, with JSON values (reply_markup, allowed_updates) decoded; an
+    uploaded file (multipart/form-data, as sendDocument sends it) as {"filename", "data"}."""
     if content_type and content_type.startswith("application/json"):
         return dict(json.loads(raw or b"{}"))
-    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
+    if content_type and content_type.startswith("multipart/form-data"):
+        message = BytesParser(policy=default).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        params: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            filename = part.get_filename()
+            params[name] = {"filename": filename, "data": payload} if filename else payload.decode()
+        return params
+    params = {k: v[-1] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
     for key in ("reply_markup", "allowed_updates"):
         if key in params:
             params[key] = json.loads(params[key])
