@@ -262,8 +262,9 @@ class BotAPI:
         document = params.get("document")
         if not isinstance(document, dict) or not document["data"]:
             return 400, "Bad Request: file must be non-empty"
-        return 200, {**self._new_message(params), "document": {"file_id": f"doc{params['message_id']}", "file_unique_id": "u",
-                     "file_name": document["filename"], "file_size": len(document["data"])}}
+        message = self._new_message(params)
+        return 200, {**message, "document": {"file_id": f"doc{message['message_id']}", "file_unique_id": "u",
+                                             "file_name": document["filename"], "file_size": len(document["data"])}}
 
     def _deleteMessage(self, params: dict[str, Any]) -> tuple[int, Any]:  # noqa: N802
         # Bot API deleteMessage: a bot deletes its own messages in a group for 48 hours only (`aged` marks the
