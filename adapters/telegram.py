@@ -171,10 +171,14 @@ class TelegramChannel:
             raise SendError(f"telegram: {user!r} is not a Telegram chat id (a whole number)", retryable=False)
         parts = split(reply.text)
         markup = self._keyboard(user, reply.choices)
-        ids = []
+        ids: list[str] = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            message_id = await self._send_part(app, user, part, markup if last else None)
+            try:
+                message_id = await self._send_part(app, user, part, markup if last else None)
+            except SendError as exc:
+                exc.sent = tuple(ids)  # the parts already out: the help desk must still know (and can retract) them
+                raise
             if message_id is not None:
                 ids.append(message_id)
         return tuple(ids)
@@ -186,26 +190,24 @@ class TelegramChannel:
         if app is None:
             raise SendError("telegram: the channel is not running (start it before retracting)", retryable=True)
         try:
-            await app.bot.delete_message(chat_id=int(room), message_id=int(message))
-            return
-        except BadRequest as exc:
-            if "not found" in exc.message.lower():
-                return  # already gone (an admin deleted it): nothing left to take back
-            refused = exc.message
-        except Forbidden:
-            raise SendError("telegram: the bot is no longer in the staff group (403)", retryable=False) from None
-        except NetworkError as exc:  # after BadRequest, its subclass: a timeout or a connection error
-            raise SendError(f"telegram: no answer to deleteMessage ({exc.__class__.__name__})") from None
+            chat, message_id = int(room), int(message)
+        except ValueError:
+            raise SendError(f"telegram: {room!r}/{message!r} is not a Telegram chat and message id (was the help desk "
+                            "moved from another channel?)", retryable=False) from None
         try:
-            await app.bot.edit_message_text(chat_id=int(room), message_id=int(message), text=notice)
-        except BadRequest as exc:
-            if "not modified" in exc.message.lower():
-                return  # edited before: done
-            raise SendError(f"telegram: could neither delete ({refused}) nor edit ({exc.message}) a staff-room "
-                            "message", retryable=False) from None
-        except (Forbidden, NetworkError) as exc:
-            raise SendError(f"telegram: editMessageText failed ({exc.__class__.__name__})",
-                            retryable=not isinstance(exc, Forbidden)) from None
+            await self._call(partial(app.bot.delete_message, chat_id=chat, message_id=message_id))
+            return
+        except SendError as exc:
+            text = str(exc).lower()
+            if "message to delete not found" in text:
+                return  # already gone (an admin deleted it): nothing left to take back
+            if "can't be deleted" not in text:
+                raise
+        try:
+            await self._call(partial(app.bot.edit_message_text, chat_id=chat, message_id=message_id, text=notice))
+        except SendError as exc:
+            if "not modified" not in str(exc).lower():
+                raise  # "not modified": edited before, done
 
     def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
         builder = ApplicationBuilder().token(self.token)
@@ -328,13 +330,13 @@ class TelegramChannel:
         await self._call(partial(app.bot.send_document, chat_id=int(user),
                                  document=InputFile(data, filename=name)))
 
-    async def _call(self, send: Callable[[], Awaitable[Message | None]]) -> str | None:
-        """Make one Bot API call that sends a message and return its id; wait once on flood control (Bot API 429
-        retry_after), map errors to SendError."""
+    async def _call(self, send: Callable[[], Awaitable[Any]]) -> str | None:
+        """Make one Bot API call and return the id of the message it sent, if it sent one; wait once on flood
+        control (Bot API 429 retry_after); map every Telegram error to SendError."""
         for attempt in (1, 2):
             try:
                 sent = await send()
-                return str(sent.message_id) if sent is not None else None
+                return str(sent.message_id) if isinstance(sent, Message) else None
             except RetryAfter as exc:
                 wait = _seconds(exc)
                 if attempt == 2 or wait > self.max_retry_wait:

@@ -10,11 +10,13 @@ from bot.messages import Incoming, Reply
 
 
 class SendError(Exception):
-    """A reply could not be sent; `retryable` says whether trying again later may work."""
+    """A reply could not be sent; `retryable` says whether trying again later may work, and `sent` holds the ids
+    of the parts that did go out before the failure (a long reply is sent in parts)."""
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    def __init__(self, message: str, retryable: bool = True, sent: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.sent = sent
 
 
 class Channel(Protocol):

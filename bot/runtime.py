@@ -51,6 +51,7 @@ class Runtime:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         # Logs name residents by a keyed hash only (GDPR Art. 32); a fixed salt keeps tokens stable across restarts.
         self.salt = (os.environ.get("RIGHTSDESK_LOG_SALT") or secrets.token_hex(16)).encode()
+        self._retracting = asyncio.Lock()  # one pass of taking back staff-room posts at a time
 
     def failed(self, message: Incoming, exc: Exception, doing: str) -> Outcome:
         log.error("%s failed channel=%s user=%s error=%s: %s", doing, message.channel, self.pseudonym(message.user),
@@ -141,7 +142,7 @@ class Runtime:
             elif isinstance(effect, TicketLeft):
                 await self.to_staff(self.staff_text("staff_left", ref=effect.ref), effect.ref)
         if forgot:
-            await self.retract()
+            await self.retract(count=False)
         if self.outbox is not None and any(isinstance(e, CaseFiled) for e in outcome.effects):
             # A new case goes out at once; the scheduled pass retries what fails. The message's own time counts
             # as now at the least, so that a case is never "not yet due" for a clock a little behind the channel's.
@@ -180,17 +181,26 @@ class Runtime:
             log.error("help desk: channel %s is not running; a staff-room post was not made", self.desk.channel)
             return
         try:
-            ids = tuple(await staff.send(self.desk.room, Reply(text)) or ())
+            sent = await staff.send(self.desk.room, Reply(text))
+            ids = (sent,) if isinstance(sent, str) else tuple(sent or ())
         except SendError as exc:
             log.error("help desk: could not post in the staff room: %s", exc)
-            return
+            ids = exc.sent  # the parts that did go out are still the resident's, to find and to take back
         if ref:
+            at = datetime.now(UTC)
             for i, message_id in enumerate(ids):  # every part: a reply to any finds the ticket, /forget takes all
-                self.store.staff_message(ref, str(message_id), first=first and i == len(ids) - 1)
+                self.store.staff_message(ref, str(message_id), self.desk.room, at, first=first and i == len(ids) - 1)
 
-    async def retract(self) -> int:
-        """Take back the staff-room posts about residents who used /forget (GDPR Art. 17); what fails stays for
-        the next try (after the next /forget, and hourly). Returns how many were taken back."""
+    async def retract(self, count: bool = True) -> int:
+        """Take back the staff-room posts about residents who used /forget (GDPR Art. 17). Runs right after each
+        /forget (`count=False`: a failure there uses none of a post's tries) and hourly (each failure counts; after
+        RETRACT_TRIES the post is given up on). One pass at a time. Returns how many posts were taken back."""
+        if self._retracting.locked():
+            return 0  # a pass is running: it takes these too
+        async with self._retracting:
+            return await self._retract(count)
+
+    async def _retract(self, count: bool) -> int:
         pending = self.store.retractions()
         if not pending:
             return 0
@@ -201,18 +211,22 @@ class Runtime:
             return 0
         done = 0
         notice = self.staff_text("staff_retracted")
-        for message_id in pending:
+        for message_id, room in pending:
             try:
-                await staff.retract(self.desk.room, message_id, notice)
-            except SendError as exc:
-                if self.store.retracted(message_id, done=False):
-                    log.error("help desk: gave up taking back a staff-room post after repeated failures: %s", exc)
+                await staff.retract(room or self.desk.room, message_id, notice)
+            except Exception as exc:  # noqa: BLE001 - one post that fails must not hold up the others
+                reason = exc if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
+                if count and self.store.retracted(message_id, done=False):
+                    log.error("help desk: gave up taking back a staff-room post after repeated failures: %s", reason)
                 else:
-                    log.warning("help desk: could not take back a staff-room post yet: %s", exc)
+                    log.warning("help desk: could not take back a staff-room post yet: %s", reason)
+                if isinstance(exc, SendError) and exc.retryable:
+                    break  # the channel is down or slowing us down: the rest waits for the next pass
                 continue
             self.store.retracted(message_id, done=True)
             done += 1
-        log.info("help desk: took back %d staff-room post(s) after an erasure", done)
+        if done:
+            log.info("help desk: took back %d staff-room post(s) after an erasure", done)
         return done
 
     async def post_ticket(self, ticket: Ticket, message: Incoming) -> None:

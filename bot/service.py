@@ -46,7 +46,8 @@ async def serve(runtime: Runtime, channels: list[Channel], config: Config) -> in
     jobs = [
         asyncio.create_task(_every(DELIVERY_EVERY, runtime.deliver, "outbox"), name="outbox"),
         asyncio.create_task(_every(REMINDERS_EVERY, lambda: runtime.remind(datetime.now(UTC)), "reminders")),
-        asyncio.create_task(_every(REMINDERS_EVERY, runtime.retract, "retractions")),
+        # First after an hour, not at start: the channels are still connecting then, and a try would be wasted.
+        asyncio.create_task(_every(REMINDERS_EVERY, runtime.retract, "retractions", first_after=REMINDERS_EVERY)),
         asyncio.create_task(_every(PURGE_EVERY, lambda: _purge(runtime, config), "purge")),
     ]
     log.info("serving channels=%s city=%s", ",".join(ch.name for ch in channels), runtime.brain.knowledge.city.id)
@@ -68,7 +69,8 @@ async def serve(runtime: Runtime, channels: list[Channel], config: Config) -> in
     return code
 
 
-async def _every(seconds: float, job, name: str) -> None:  # noqa: ANN001
+async def _every(seconds: float, job, name: str, first_after: float = 0) -> None:  # noqa: ANN001
+    await asyncio.sleep(first_after)
     while True:
         try:
             await job()

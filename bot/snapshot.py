@@ -119,21 +119,29 @@ def _files(folder: Path, suffix: str) -> list[Path]:
     return sorted(found)
 
 
-def _private(path: Path) -> bool:
-    """Whether `path` belongs to this user and no one else may write to it."""
-    info = path.stat()
-    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+def _trusted(info: os.stat_result) -> bool:
+    """Whether a file or folder with these stat results can only have been written by this bot: owned by its user
+    (or root), writable by no one else, except by a group the bot itself belongs to (Kubernetes `fsGroup` volumes)."""
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & stat.S_IWOTH:
+        return False
+    return not info.st_mode & stat.S_IWGRP or info.st_gid in {os.getgid(), *os.getgroups()}
 
 
 def _read(path: Path) -> tuple[Knowledge, Matcher] | None:
     try:
-        if not path.exists():
-            return None
-        if not (_private(path) and _private(path.parent)):
-            log.warning("index snapshot %s is not private to this user (owner or write permissions): not read; "
-                        "building the index instead (make the data folder the bot's alone)", path)
-            return None
-        with path.open("rb") as file:
+        # Opened without following a symlink, and the opened file itself checked: no swap between check and use.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("index snapshot %s could not be opened (%s): building the index instead", path, exc)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not (_trusted(os.fstat(file.fileno())) and _trusted(path.parent.stat())):
+                log.warning("index snapshot %s could have been written by another user (owner or permissions): "
+                            "not read; building the index instead (make the data folder the bot's alone)", path)
+                return None
             # The snapshot is millions of small objects and no cycles: the cyclic collector would scan them over
             # and over while they are made (a third of the time), and frees nothing.
             enabled = gc.isenabled()
@@ -159,6 +167,10 @@ def _write(path: Path, prefix: str, value: tuple[Knowledge, Matcher]) -> None:
     write to only costs the next start its speed."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _trusted(path.parent.stat()):
+            log.warning("index snapshot not saved: %s belongs to another user or others may write to it",
+                        path.parent)
+            return
         fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=path.parent)  # mode 0600
         try:
             with os.fdopen(fd, "wb") as out:

@@ -112,14 +112,22 @@ def _v5(db: sqlite_utils.Database) -> None:
 
 def _v6(db: sqlite_utils.Database) -> None:
     # Staff-room posts to take back after a resident's /forget (GDPR Art. 17): the bot posted their question and
-    # messages there. Kept until the staff channel confirms (a channel that is down is tried again later).
-    db["retractions"].create({"message": str, "at": str, "tries": int}, pk="message")
+    # messages there. Kept until the staff channel confirms (a channel that is down is tried again later). The
+    # room is kept with each post: a staff room that moves (a Telegram group upgraded to a supergroup numbers its
+    # messages afresh) must not have another message taken back in its place.
+    db["retractions"].create({"message": str, "room": str, "at": str, "tries": int}, pk="message")
+    db["staff_messages"].add_column("room", str)
+    db["staff_messages"].create_index(["ref"])
     # Whose message each handled row was: /forget must erase the replies kept there too (they can quote answers).
+    # Rows from before this version name no one, so their replies are dropped: a redelivered old message then
+    # gets no replies again, rather than /forget leaving a resident's answers behind.
     db["handled"].add_column("user", str)
+    db["handled"].create_index(["channel", "user"])
+    db.execute("UPDATE handled SET replies = NULL")
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
-RETRACT_TRIES = 10  # then the post is given up on, and the log says so (hourly tries: about ten hours)
+RETRACT_TRIES = 10  # hourly tries; then the post is given up on, and the log says so
 CASES_IN_STATE = 20  # the resident's most recent cases that the core sees (status, letters, deadlines)
 MAX_KEPT_TEXT = 4000  # a 100 kB paste is refused by the core; the transcript keeps no more than this of it
 SEALED_CASE_COLUMNS = ("answers", "subject", "letter", "resident_letter")
@@ -222,7 +230,7 @@ class Store:
                 (message.channel, message.user,
                  self.cipher.seal(json.dumps(outcome.state.to_json(), ensure_ascii=False)), at))
             if any(isinstance(e, Forget) for e in outcome.effects):
-                self._forget(message.channel, message.user, at, keep=message.id)
+                self._forget(message.channel, message.user, at)
                 return
             seal = self.cipher.seal
             rows = [] if message.kind == "system" else [
@@ -278,18 +286,18 @@ class Store:
 
     # -- the resident's rights: erasure and access ----------------------------------------------------------------
 
-    def _forget(self, channel: str, user: str, at: str, keep: str | None = None) -> None:
+    def _forget(self, channel: str, user: str, at: str) -> None:
         """Erase a resident (GDPR Art. 17). Cases the city already received stay with the city: here they keep only
-        reference, status and dates. Called inside the message's transaction; `keep` is the id of the message
-        asking for it, whose own "done" reply stays so that a second delivery of it is not handled again."""
+        reference, status and dates. Called inside the message's transaction."""
         self.db.execute("DELETE FROM conversations WHERE channel = ? AND user = ?", [channel, user])
         self.db.execute("DELETE FROM transcript WHERE channel = ? AND user = ?", [channel, user])
-        self.db.execute("DELETE FROM handled WHERE channel = ? AND user = ? AND id IS NOT ?", [channel, user, keep])
-        self.db.execute("UPDATE handled SET user = NULL WHERE channel = ? AND user = ?", [channel, user])
+        # Every handled row of the resident goes, this message's too: a platform's message id can name the
+        # resident (Telegram's are "m<chat id>:<n>"). Delivered again, the confirmation finds nothing to erase.
+        self.db.execute("DELETE FROM handled WHERE channel = ? AND user = ?", [channel, user])
         # The bot's posts about the resident's tickets in the staff room are taken back after the commit (the
         # runtime does it: bot/runtime.py retract); agents' own messages there are theirs, not the bot's.
         tickets = "SELECT ref FROM tickets WHERE channel = ? AND user = ?"
-        self.db.execute(f"INSERT OR IGNORE INTO retractions (message, at, tries) SELECT message, ?, 0 "
+        self.db.execute(f"INSERT OR IGNORE INTO retractions (message, room, at, tries) SELECT message, room, ?, 0 "
                         f"FROM staff_messages WHERE ref IN ({tickets})", [at, channel, user])
         self.db.execute(f"DELETE FROM staff_messages WHERE ref IN ({tickets})", [channel, user])
         self.db.execute("UPDATE tickets SET channel = '', user = '', question = NULL, staff_message = NULL, "
@@ -325,16 +333,26 @@ class Store:
         row = self.db.execute("SELECT ref FROM staff_messages WHERE message = ?", [message]).fetchone()
         return row[0] if row else None
 
-    def staff_message(self, ref: str, message: str, first: bool = False) -> None:
+    def staff_message(self, ref: str, message: str, room: str, at: datetime, first: bool = False) -> None:
+        """Remember a post about ticket `ref` in the staff room. A post that went out while its resident used
+        /forget (the ticket is already erased) goes straight to the posts to take back."""
         with self.transaction():
-            self.db["staff_messages"].upsert({"message": message, "ref": ref}, pk="message")
+            erased = self.db.execute("SELECT 1 FROM tickets WHERE ref = ? AND user = ''", [ref]).fetchone()
+            if erased:
+                self.db.execute("INSERT OR IGNORE INTO retractions (message, room, at, tries) VALUES (?, ?, ?, 0)",
+                                [message, room, _iso(at)])
+                return
+            self.db.execute("INSERT OR REPLACE INTO staff_messages (message, ref, room) VALUES (?, ?, ?)",
+                            [message, ref, room])
             if first:
                 self.db["tickets"].update(ref, {"staff_message": message})
 
-    def retractions(self, limit: int = 100) -> list[str]:
-        """Staff-room posts still to take back, oldest first."""
-        rows = self.db.execute("SELECT message FROM retractions ORDER BY at, message LIMIT ?", [limit]).fetchall()
-        return [r[0] for r in rows]
+    def retractions(self, limit: int = 100) -> list[tuple[str, str | None]]:
+        """Staff-room posts still to take back, oldest first: (message id, room; None for posts kept before rooms
+        were recorded)."""
+        rows = self.db.execute("SELECT message, room FROM retractions ORDER BY at, message LIMIT ?",
+                               [limit]).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def retracted(self, message: str, done: bool) -> bool:
         """Record one try: done removes the post from the list; a failure counts, and past RETRACT_TRIES the post

@@ -213,7 +213,7 @@ def test_forget_takes_back_the_staff_posts_and_retries_while_the_staff_channel_i
     desk.matrix.down = True
     desk.resident("/forget")
     assert desk.resident("Yes, erase it")[0].startswith("Done")  # the erasure does not wait for the staff room
-    assert desk.runtime.store.retractions() == posted  # kept to try again
+    assert desk.runtime.store.retractions() == [(m, ROOM) for m in posted]  # kept, with their room, to try again
     assert desk.runtime.store.ticket(ref)["question"] is None
     desk.matrix.down = False
     assert asyncio.run(desk.runtime.retract()) == 3  # the hourly job
@@ -228,8 +228,10 @@ def test_a_post_that_cannot_be_taken_back_is_given_up_on_after_repeated_tries(tm
     desk.ask_for_a_person()
     desk.matrix.down = True
     desk.resident("/forget")
-    desk.resident("Yes, erase it")  # the first try
+    desk.resident("Yes, erase it")  # the first try, right after the erasure: it uses none of the tries
     for _ in range(RETRACT_TRIES - 1):
-        asyncio.run(desk.runtime.retract())
+        asyncio.run(desk.runtime.retract())  # the hourly job
+    assert len(desk.runtime.store.retractions()) == 1
+    asyncio.run(desk.runtime.retract())
     assert desk.runtime.store.retractions() == []
     assert "gave up taking back a staff-room post" in caplog.text

@@ -47,7 +47,9 @@ def converse(runtime: Runtime, channel: Recorder, user: str, lines: list[str], s
     at = start
     for line in lines:
         at += timedelta(seconds=10)
-        asyncio.run(runtime.on_message(channel, Incoming("console", user, line, at)))
+        # Message ids as Telegram's adapter makes them ("m<chat>:<n>"): they name the resident too.
+        message_id = f"m{user}:{int(at.timestamp())}"
+        asyncio.run(runtime.on_message(channel, Incoming("console", user, line, at, id=message_id)))
     return at
 
 

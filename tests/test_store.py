@@ -79,7 +79,7 @@ def test_a_message_delivered_twice_is_handled_once(tmp_path):
     assert runtime.store.db["transcript"].count == 1 + len(first.replies)
 
 
-def test_forget_erases_the_replies_kept_for_redelivery_but_not_its_own(tmp_path):
+def test_forget_erases_every_reply_kept_for_redelivery_of_the_resident(tmp_path):
     from bot.messages import Forget
 
     store = Store(tmp_path / "db.sqlite")
@@ -89,5 +89,24 @@ def test_forget_erases_the_replies_kept_for_redelivery_but_not_its_own(tmp_path)
     store.commit(Incoming("telegram", "u1", "Yes, erase it", AT, id="m3"),
                  Outcome(State(), (Reply("Done"),), (Forget(),)))
     assert store.handled("telegram", "m1") is None  # its replies quoted the resident: gone
-    assert store.handled("telegram", "m3") == (Reply("Done"),)  # delivered again: the same answer, no second erasure
+    assert store.handled("telegram", "m3") is None  # a Telegram message id names the chat: gone too
     assert store.handled("telegram", "m2") == (Reply("Hi"),)  # someone else's: untouched
+
+
+def test_upgrading_a_v5_database_drops_the_replies_that_name_no_one(tmp_path):
+    from bot import store as storelib
+
+    path = tmp_path / "db.sqlite"
+    old = storelib.MIGRATIONS
+    storelib.MIGRATIONS = old[:5]
+    try:
+        v5 = Store(path)
+        v5.db.execute("INSERT INTO handled (channel, id, at, replies) VALUES ('telegram', 'm1:1', ?, ?)",
+                      [AT.isoformat(), '[["Name: Jane Doe", []]]'])
+        v5.close()
+    finally:
+        storelib.MIGRATIONS = old
+    store = Store(path)  # migrates to v6
+    assert store.handled("telegram", "m1:1") == ()  # still known as handled, its replies gone
+    store.close()  # the write-ahead log is checkpointed into the file
+    assert b"Jane Doe" not in path.read_bytes()
