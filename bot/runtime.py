@@ -295,6 +295,9 @@ class Runtime:
             log.error("help desk: the resident's channel %s is not running", ticket["channel"])
             return
         async with self.lock(ticket["channel"], ticket["user"]):
+            current = self.store.ticket(ticket["ref"])
+            if current is None or current["user"] != ticket["user"]:
+                return  # the resident used /forget while we waited for the conversation: nothing to tell
             state = self.store.load_state(ticket["channel"], ticket["user"])
             outcome = decide(state)
             self.store.commit(Incoming(ticket["channel"], ticket["user"], "", now, kind="system"), outcome)
