@@ -322,9 +322,15 @@ class Runtime:
             except SendError as exc:  # the file did not go: the same data as messages, never nothing
                 log.warning("the /mydata file was not sent channel=%s user=%s: %s; sending it as messages",
                             channel.name, self.pseudonym(user), exc)
-        # No files on this channel: the JSON in parts small enough for any message (Matrix events: 64 KB).
+        # No files on this channel: the JSON in parts small enough for any message (Matrix events: 64 KB). A part
+        # that cannot be sent ends it: the rest would fail the same way (a resident who blocked the bot).
         for start in range(0, len(body), EXPORT_PART):
-            await self.send(channel, user, Reply(body[start:start + EXPORT_PART]))
+            try:
+                await channel.send(user, Reply(body[start:start + EXPORT_PART]))
+            except SendError as exc:
+                log.warning("the /mydata export stopped channel=%s user=%s: %s", channel.name,
+                            self.pseudonym(user), exc)
+                return
 
     async def deliver(self, now: datetime | None = None) -> Report | None:
         """One outbox pass; tell each resident whose case was delivered (GDPR Art. 12: keep them informed)."""

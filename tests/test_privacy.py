@@ -171,3 +171,32 @@ def test_logs_carry_no_message_text(tmp_path, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for secret in (NAME, EMAIL, "resident-7", "social services"):
         assert secret not in logged
+
+
+def test_a_mydata_export_that_cannot_be_delivered_stops_at_the_first_failed_part(tmp_path, monkeypatch):
+    from bot import runtime as runtimelib
+    from bot.ports import SendError
+
+    monkeypatch.setattr(runtimelib, "EXPORT_PART", 200)  # an export of many parts
+
+    class Blocked(Recorder):
+        """A file the channel refuses, then a resident who blocked the bot mid-way."""
+
+        tries = 0
+        blocked = False
+
+        async def send_file(self, user: str, name: str, data: bytes) -> None:
+            self.blocked = True
+            raise SendError("the file is too big", retryable=False)
+
+        async def send(self, user: str, reply: Reply) -> None:
+            if self.blocked:
+                self.tries += 1
+                raise SendError("the user blocked the bot (403)", retryable=False)
+            self.sent.append((user, reply))
+
+    runtime, _ = make(tmp_path)
+    channel = Blocked()
+    at = converse(runtime, channel, "resident-9", ["how can I see what data the city has about me"])
+    converse(runtime, channel, "resident-9", ["/mydata"], at)
+    assert channel.tries == 1  # not one failing send per part
