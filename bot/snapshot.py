@@ -182,6 +182,12 @@ def _write(path: Path, prefix: str, value: tuple[Knowledge, Matcher]) -> None:
         for old in path.parent.glob(f"{prefix}*.pickle"):
             if old != path and "-" not in old.name[len(prefix):]:  # a city id may hold "-", a hash never
                 old.unlink(missing_ok=True)
+        # The first naming (before the knowledge folder was part of it): "index-<city>-<32 hex>.pickle".
+        city_prefix = prefix[:-9]  # "index-<city>-"
+        for old in path.parent.glob(f"{city_prefix}*.pickle"):
+            rest = old.name[len(city_prefix):-len(".pickle")]
+            if len(rest) == 32 and all(c in "0123456789abcdef" for c in rest):
+                old.unlink(missing_ok=True)
         now = time.time()
         for left in path.parent.glob(".index-*.tmp"):
             if now - left.stat().st_mtime > STALE_TEMP:

@@ -94,13 +94,14 @@ def test_only_the_same_city_and_folders_older_snapshots_and_old_temporary_files_
     other_city = cache / f"{snapshot.prefix(knowledge_dir, 'amsterdam-west')}{'0' * 32}.pickle"
     other_folder = cache / f"{snapshot.prefix(tmp_path / 'draft', 'amsterdam')}{'0' * 32}.pickle"
     stale = cache / f"{prefix}{'f' * 32}.pickle"
+    first_naming = cache / f"index-amsterdam-{'e' * 32}.pickle"
     cut_short, in_progress = cache / ".index-old.tmp", cache / ".index-new.tmp"
-    for path in (other_city, other_folder, stale, cut_short, in_progress):
+    for path in (other_city, other_folder, stale, first_naming, cut_short, in_progress):
         path.write_bytes(b"x")
     os.utime(cut_short, (time.time() - 3600, time.time() - 3600))
     snapshot.load(knowledge_dir, "amsterdam", cache, TODAY)
     assert other_city.exists() and other_folder.exists() and in_progress.exists()
-    assert not stale.exists() and not cut_short.exists()
+    assert not stale.exists() and not cut_short.exists() and not first_naming.exists()
 
 
 def test_a_snapshot_others_could_have_written_is_not_read(knowledge_dir: Path, tmp_path: Path,
