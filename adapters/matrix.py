@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from nio import (
     RoomSendResponse,
     SyncError,
     SyncResponse,
+    UploadResponse,
     WhoamiError,
 )
 from nio.crypto import ENCRYPTION_ENABLED
@@ -135,7 +137,36 @@ class MatrixChannel:
             handling[1] += 1
         else:
             tx_id = f"rightsdesk-{uuid4()}"
-        content = as_content(reply)
+        return await self._send_content(client, user, as_content(reply), tx_id)
+
+    async def send_file(self, user: str, name: str, data: bytes) -> None:
+        """Send a file (the resident's /mydata export) as an m.file event. In an encrypted room the file is
+        encrypted before it leaves the bot (client-server API §End-to-end encryption, sending encrypted
+        attachments): the homeserver's media store only ever holds ciphertext."""
+        client = self.client
+        if client is None or not client.access_token:
+            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        room = client.rooms.get(user)
+        encrypted = room is None or room.encrypted
+        try:
+            uploaded, keys = await client.upload(io.BytesIO(data), content_type="application/json", filename=name,
+                                                 encrypt=encrypted, filesize=len(data))
+        except (ClientError, TimeoutError) as exc:
+            raise SendError(f"matrix: no answer from {self.settings.homeserver} to an upload "
+                            f"({exc.__class__.__name__})", retryable=True) from exc
+        if not isinstance(uploaded, UploadResponse):
+            raise SendError(f"matrix: the homeserver refused an upload ({getattr(uploaded, 'status_code', '')}: "
+                            f"{getattr(uploaded, 'message', type(uploaded).__name__)})", retryable=False)
+        content: dict[str, Any] = {"msgtype": "m.file", "body": name,
+                                   "info": {"mimetype": "application/json", "size": len(data)}}
+        if encrypted:
+            content["file"] = {**(keys or {}), "url": uploaded.content_uri}
+        else:
+            content["url"] = uploaded.content_uri
+        await self._send_content(client, user, content, f"rightsdesk-file-{uuid4()}")
+
+    async def _send_content(self, client: AsyncClient, user: str, content: dict[str, Any],
+                            tx_id: str) -> tuple[str, ...]:
         for attempt in range(1, SEND_TRIES + 1):
             try:
                 response = await client.room_send(user, "m.room.message", content, tx_id=tx_id,

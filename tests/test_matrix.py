@@ -25,11 +25,14 @@ from nio import (
     MatrixRoom,
     MegolmEvent,
     RoomCreateResponse,
+    RoomEncryptedFile,
     RoomMemberEvent,
+    RoomMessageFile,
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
 )
+from nio.crypto import decrypt_attachment
 
 from adapters.matrix import MatrixChannel, as_content
 from bot.config import ConfigError
@@ -122,6 +125,7 @@ class Resident:
         if self.client.should_upload_keys:
             await self.client.keys_upload()
         self.client.add_event_callback(self._on_text, RoomMessageText)
+        self.client.add_event_callback(self._on_file, (RoomEncryptedFile, RoomMessageFile))
         self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
         self.client.add_event_callback(self._on_member, RoomMemberEvent)
         self.task = asyncio.create_task(self.client.sync_forever(timeout=1000))
@@ -137,6 +141,17 @@ class Resident:
     async def _on_text(self, room: MatrixRoom, event: RoomMessageText) -> None:
         if event.sender == self.bot.user_id:
             await self.inbox.put({**event.source["content"], "decrypted": event.decrypted})
+
+    async def _on_file(self, room: MatrixRoom, event: RoomEncryptedFile | RoomMessageFile) -> None:
+        """A file from the bot: downloaded (and decrypted, for an encrypted room) into "data"."""
+        if event.sender != self.bot.user_id:
+            return
+        content = event.source["content"]
+        got = await self.client.download(event.url)
+        data = got.body
+        if isinstance(event, RoomEncryptedFile):
+            data = decrypt_attachment(data, event.key["k"], event.hashes["sha256"], event.iv)
+        await self.inbox.put({**content, "data": data, "decrypted": event.decrypted})
 
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
         if event.sender == self.bot.user_id:

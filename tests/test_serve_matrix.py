@@ -54,8 +54,10 @@ def test_serve_on_a_local_synapse(synapse, tmp_path):  # noqa: F811
                 await res.replies(1)
                 timings.append(time.monotonic() - started)
                 await res.say("/mydata")
-                got = await res.replies(3)  # the note, the summary, the data as a JSON message
-                export = json.loads(got[2]["body"])
+                got = await res.replies(3)  # the note, the summary, the data as an encrypted JSON file
+                assert got[2]["msgtype"] == "m.file" and got[2]["body"] == "my-data.json"
+                assert "url" not in got[2] and got[2]["file"]["url"].startswith("mxc://")  # ciphertext on the server
+                export = json.loads(got[2]["data"])
                 assert export["profile"]["language"] == "en" and export["conversation"]
                 stop_serve(serve)
 
