@@ -437,9 +437,13 @@ class MatrixChannel:
         if getattr(event, "sender", None) == client.user_id:
             return None
         if isinstance(event, MegolmEvent):
-            # Still encrypted: the resident's device did not share its key with ours (yet).
+            # Still encrypted: the resident's device did not share its key with ours (yet). A resident is told,
+            # rather than left waiting for an answer to a message nobody could read; the staff room is not.
             log.warning("matrix: could not decrypt an event in %s", _hidden(room.room_id))
-            return None
+            if room.room_id in self.settings.allowed_rooms:
+                return None
+            at = datetime.fromtimestamp(event.server_timestamp / 1000, UTC)
+            return Incoming(self.name, room.room_id, "", at, kind="undecryptable", id=event.event_id)
         source = event.source if isinstance(getattr(event, "source", None), dict) else {}
         content = source.get("content") if isinstance(source.get("content"), dict) else {}
         relation = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}

@@ -99,7 +99,7 @@ def handle(message: Incoming, state: State, brain: Brain) -> Outcome:
         return turn.say(turn.t("slow_down"), state.offers, throttled=True)
     turn.notice_deadlines()
     if message.kind != "text":
-        return turn.say(turn.t("not_text"), turn.state.offers)
+        return turn.say(turn.t("undecryptable" if message.kind == "undecryptable" else "not_text"), turn.state.offers)
     if len(text) > MAX_MESSAGE_CHARS:
         return turn.say(turn.t("too_long", limit=MAX_MESSAGE_CHARS), turn.state.offers)
     if not text:

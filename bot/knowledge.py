@@ -105,6 +105,7 @@ TEXT_KEYS: dict[str, frozenset[str]] = {
         "overdue_complaint_text": ("ref", "flow", "filed", "deadline"),
         "delivered": ("ref",),
         "not_text": (),
+        "undecryptable": (),
         "slow_down": (),
         "mydata": (),
         "mydata_summary": ("language", "messages", "cases", "retention_days"),

@@ -20,7 +20,9 @@ class Incoming:
     user: str  # channel-native id of the conversation, always str
     text: str
     at: datetime  # UTC, from the channel; the core reads no clock
-    kind: str = "text"  # "text", or "media" for a photo, sticker, voice note or file (the bot reads text only)
+    # "text"; "media" for a photo, sticker, voice note or file (the bot reads text only); "undecryptable" for an
+    # end-to-end encrypted message whose key the resident's app did not share with the bot
+    kind: str = "text"
     sender: str | None = None  # in a group room (the help desk's staff room): who wrote; `user` is the room
     sender_name: str | None = None  # their display name, for "Agent (Alice): ..."
     reply_to: str | None = None  # the platform id of the message this one replies to

@@ -473,3 +473,36 @@ def test_a_rate_limited_reply_waits_for_the_homeserver_and_is_sent(synapse, tmp_
         await bot.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_undecryptable_message_is_answered_in_a_residents_room_but_not_in_the_staff_room(tmp_path):
+    from nio import MegolmEvent
+
+    channel = MatrixChannel.from_settings({"homeserver": "https://m.example.org/", "user_id": "@b:example.org",
+                                           "password": "x", "pickle_key": "k" * 32,
+                                           "allowed_rooms": ["!staff:example.org"]}, tmp_path)
+    client = AsyncClient("https://m.example.org", "@b:example.org")
+    event = MegolmEvent.from_dict({
+        "type": "m.room.encrypted", "event_id": "$e1", "sender": "@resident:example.org",
+        "origin_server_ts": 1_795_000_000_000,
+        "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgA", "sender_key": "k", "session_id": "s",
+                    "device_id": "D"}})
+    resident_room, staff_room = MatrixRoom("!r:example.org", "@b:example.org"), MatrixRoom("!staff:example.org",
+                                                                                             "@b:example.org")
+    incoming = channel._incoming(client, resident_room, event)
+    assert incoming is not None and incoming.kind == "undecryptable" and incoming.id == "$e1"
+    assert channel._incoming(client, staff_room, event) is None
+
+
+def test_the_core_tells_a_resident_it_could_not_read_an_encrypted_message():
+    from datetime import UTC, datetime
+
+    from bot.core import handle
+    from bot.messages import Incoming, State
+
+    from .conftest import brain_for
+
+    brain = brain_for("amsterdam")
+    outcome = handle(Incoming("matrix", "!r:x", "", datetime(2026, 11, 25, tzinfo=UTC), kind="undecryptable"),
+                     State(lang="en"), brain)
+    assert outcome.replies[0].text == brain.knowledge.text("undecryptable", "en")
