@@ -2,7 +2,8 @@
 
 A conversation is a Matrix room: `Incoming.user` is the room id of the direct chat, and replies go to that room.
 The bot joins direct invitations (two members) and the rooms listed in `allowed_rooms`; it reads text and notes
-media, and ignores its own messages, notices, edits and what was said before it was in the room.
+media, tells a resident when a message could not be decrypted, and ignores its own messages, notices, edits and
+what was said before it was in the room.
 
 nio returns errors as values, so every response is checked here (DESIGN.md §2). Three rules keep a restart
 from losing or repeating anything:
@@ -30,7 +31,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +72,8 @@ TIMELINE_LIMIT = 100  # events per room and sync: enough for a resident's messag
 MEDIA = ("m.image", "m.file", "m.audio", "m.video")  # message types the bot cannot read (spec §m.room.message)
 SEND_TRIES = 4  # one send plus three waits on M_LIMIT_EXCEEDED
 MAX_RATE_WAIT = 30.0  # seconds: never wait longer than this for one rate-limited send
+UPLOAD_TIMEOUT = 60.0  # seconds for a file upload (nio sets none)
+UNDECRYPTABLE_QUIET = timedelta(minutes=10)  # one "could not read" per room and key session in this time
 BACKOFF_MAX = 30.0  # seconds between sync attempts while the homeserver is away
 # Only the room timeline matters to the bot; presence and account data would be parsed for nothing.
 SYNC_FILTER = {
@@ -111,6 +114,7 @@ class MatrixChannel:
         self.settings = settings
         self.client: AsyncClient | None = None
         self._handling: dict[str, list[Any]] = {}  # room id -> [event id, replies sent] while a handler runs
+        self._told_undecryptable: dict[tuple[str, str], datetime] = {}  # (room, key session) -> when told
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], data_dir: Path) -> MatrixChannel:
@@ -140,17 +144,22 @@ class MatrixChannel:
         return await self._send_content(client, user, as_content(reply), tx_id)
 
     async def send_file(self, user: str, name: str, data: bytes) -> None:
-        """Send a file (the resident's /mydata export) as an m.file event. In an encrypted room the file is
-        encrypted before it leaves the bot (client-server API §End-to-end encryption, sending encrypted
-        attachments): the homeserver's media store only ever holds ciphertext."""
+        """Send a file (the resident's /mydata export) as an m.file event, encrypted before it leaves the bot
+        (client-server API §End-to-end encryption, sending encrypted attachments): the homeserver's media store,
+        which nobody can empty later, only ever holds ciphertext, and the key travels in the encrypted event. In a
+        room without end-to-end encryption the export is not uploaded at all (SendError: it goes as messages)."""
         client = self.client
         if client is None or not client.access_token:
             raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
         room = client.rooms.get(user)
-        encrypted = room is None or room.encrypted
+        if room is None or not room.encrypted or client.olm is None:
+            raise SendError("matrix: files go only to end-to-end encrypted rooms; the export goes as messages",
+                            retryable=False)
         try:
-            uploaded, keys = await client.upload(io.BytesIO(data), content_type="application/json", filename=name,
-                                                 encrypt=encrypted, filesize=len(data))
+            # nio uploads without a time limit: a stalled homeserver must not hold every Matrix conversation.
+            uploaded, keys = await asyncio.wait_for(client.upload(
+                io.BytesIO(data), content_type="application/json", filename=name, encrypt=True,
+                filesize=len(data)), UPLOAD_TIMEOUT)
         except (ClientError, TimeoutError) as exc:
             raise SendError(f"matrix: no answer from {self.settings.homeserver} to an upload "
                             f"({exc.__class__.__name__})", retryable=True) from exc
@@ -158,11 +167,8 @@ class MatrixChannel:
             raise SendError(f"matrix: the homeserver refused an upload ({getattr(uploaded, 'status_code', '')}: "
                             f"{getattr(uploaded, 'message', type(uploaded).__name__)})", retryable=False)
         content: dict[str, Any] = {"msgtype": "m.file", "body": name,
-                                   "info": {"mimetype": "application/json", "size": len(data)}}
-        if encrypted:
-            content["file"] = {**(keys or {}), "url": uploaded.content_uri}
-        else:
-            content["url"] = uploaded.content_uri
+                                   "info": {"mimetype": "application/json", "size": len(data)},
+                                   "file": {**(keys or {}), "url": uploaded.content_uri}}
         await self._send_content(client, user, content, f"rightsdesk-file-{uuid4()}")
 
     async def _send_content(self, client: AsyncClient, user: str, content: dict[str, Any],
@@ -438,11 +444,20 @@ class MatrixChannel:
             return None
         if isinstance(event, MegolmEvent):
             # Still encrypted: the resident's device did not share its key with ours (yet). A resident is told,
-            # rather than left waiting for an answer to a message nobody could read; the staff room is not.
+            # rather than left waiting for an answer to a message nobody could read: once per key session and
+            # room in a while, for new messages only (not edits or reactions), never in the staff room, and not
+            # when this bot runs without encryption (then nothing encrypted can be read, and the text would lie).
             log.warning("matrix: could not decrypt an event in %s", _hidden(room.room_id))
-            if room.room_id in self.settings.allowed_rooms:
+            content = event.source.get("content") if isinstance(event.source.get("content"), dict) else {}
+            relation = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
+            if (room.room_id in self.settings.allowed_rooms or client.olm is None
+                    or relation.get("rel_type") in ("m.replace", "m.annotation", "m.reference")):
                 return None
             at = datetime.fromtimestamp(event.server_timestamp / 1000, UTC)
+            told = self._told_undecryptable.get((room.room_id, event.session_id))
+            if told is not None and at - told < UNDECRYPTABLE_QUIET:
+                return None
+            self._told_undecryptable[(room.room_id, event.session_id)] = at
             return Incoming(self.name, room.room_id, "", at, kind="undecryptable", id=event.event_id)
         source = event.source if isinstance(getattr(event, "source", None), dict) else {}
         content = source.get("content") if isinstance(source.get("content"), dict) else {}

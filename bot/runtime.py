@@ -328,9 +328,10 @@ class Runtime:
             try:
                 await channel.send(user, Reply(body[start:start + EXPORT_PART]))
             except SendError as exc:
-                log.warning("the /mydata export stopped channel=%s user=%s: %s", channel.name,
+                log.warning("a part of the /mydata export was not sent channel=%s user=%s: %s", channel.name,
                             self.pseudonym(user), exc)
-                return
+                if not exc.retryable:
+                    return
 
     async def deliver(self, now: datetime | None = None) -> Report | None:
         """One outbox pass; tell each resident whose case was delivered (GDPR Art. 12: keep them informed)."""

@@ -475,23 +475,32 @@ def test_a_rate_limited_reply_waits_for_the_homeserver_and_is_sent(synapse, tmp_
     asyncio.run(scenario())
 
 
-def test_an_undecryptable_message_is_answered_in_a_residents_room_but_not_in_the_staff_room(tmp_path):
+def test_an_undecryptable_message_is_answered_once_per_session_and_only_where_it_helps(tmp_path):
     from nio import MegolmEvent
 
     channel = MatrixChannel.from_settings({"homeserver": "https://m.example.org/", "user_id": "@b:example.org",
                                            "password": "x", "pickle_key": "k" * 32,
                                            "allowed_rooms": ["!staff:example.org"]}, tmp_path)
     client = AsyncClient("https://m.example.org", "@b:example.org")
-    event = MegolmEvent.from_dict({
-        "type": "m.room.encrypted", "event_id": "$e1", "sender": "@resident:example.org",
-        "origin_server_ts": 1_795_000_000_000,
-        "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgA", "sender_key": "k", "session_id": "s",
-                    "device_id": "D"}})
-    resident_room, staff_room = MatrixRoom("!r:example.org", "@b:example.org"), MatrixRoom("!staff:example.org",
-                                                                                             "@b:example.org")
-    incoming = channel._incoming(client, resident_room, event)
+
+    def event(event_id: str, seconds: int = 0, session: str = "s", relates: dict | None = None) -> MegolmEvent:
+        content = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgA", "sender_key": "k",
+                   "session_id": session, "device_id": "D", **({"m.relates_to": relates} if relates else {})}
+        return MegolmEvent.from_dict({"type": "m.room.encrypted", "event_id": event_id,
+                                      "sender": "@resident:example.org",
+                                      "origin_server_ts": 1_795_000_000_000 + seconds * 1000, "content": content})
+
+    resident, staff = MatrixRoom("!r:example.org", "@b:example.org"), MatrixRoom("!staff:example.org", "@b:example.org")
+    assert channel._incoming(client, resident, event("$e0")) is None  # this bot runs without crypto: silence
+    client.olm = object()  # as when the crypto store is loaded
+    incoming = channel._incoming(client, resident, event("$e1"))
     assert incoming is not None and incoming.kind == "undecryptable" and incoming.id == "$e1"
-    assert channel._incoming(client, staff_room, event) is None
+    assert channel._incoming(client, resident, event("$e2", 60)) is None  # same key session, a minute later
+    assert channel._incoming(client, resident, event("$e3", 60, session="t")) is not None  # another session
+    assert channel._incoming(client, resident, event("$e4", 60 * 11)) is not None  # ten minutes on: told again
+    edit = {"rel_type": "m.replace", "event_id": "$e1"}
+    assert channel._incoming(client, resident, event("$e5", 60 * 30, relates=edit)) is None  # an edit, a reaction
+    assert channel._incoming(client, staff, event("$e6", 60 * 40)) is None  # never in the staff room
 
 
 def test_the_core_tells_a_resident_it_could_not_read_an_encrypted_message():
