@@ -132,9 +132,7 @@ class MatrixChannel:
     async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
         """Send one reply to the room `user` and return its event id; wait out rate limits (bounded); raise
         SendError otherwise."""
-        client = self.client
-        if client is None or not client.access_token:
-            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        client = self._connected()
         handling = self._handling.get(user)
         if handling is not None:
             tx_id = f"reply-{handling[0]}-{handling[1]}"
@@ -148,9 +146,7 @@ class MatrixChannel:
         (client-server API §End-to-end encryption, sending encrypted attachments): the homeserver's media store,
         which nobody can empty later, only ever holds ciphertext, and the key travels in the encrypted event. In a
         room without end-to-end encryption the export is not uploaded at all (SendError: it goes as messages)."""
-        client = self.client
-        if client is None or not client.access_token:
-            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        client = self._connected()
         room = client.rooms.get(user)
         if room is None or not room.encrypted or client.olm is None:
             raise SendError("matrix: files go only to end-to-end encrypted rooms; the export goes as messages",
@@ -170,6 +166,13 @@ class MatrixChannel:
                                    "info": {"mimetype": "application/json", "size": len(data)},
                                    "file": {**(keys or {}), "url": uploaded.content_uri}}
         await self._send_content(client, user, content, f"rightsdesk-file-{uuid4()}")
+
+    def _connected(self) -> AsyncClient:
+        """The logged-in client; sending before run() has connected may work later."""
+        client = self.client
+        if client is None or not client.access_token:
+            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        return client
 
     async def _send_content(self, client: AsyncClient, user: str, content: dict[str, Any],
                             tx_id: str) -> tuple[str, ...]:
@@ -201,9 +204,7 @@ class MatrixChannel:
     async def retract(self, room: str, message: str, notice: str) -> None:
         """Redact an event the bot sent (client-server API, PUT /rooms/{roomId}/redact): the homeserver strips its
         content for everyone, and `notice` is the reason shown in its place. No time limit applies."""
-        client = self.client
-        if client is None or not client.access_token:
-            raise SendError("matrix: the channel is not connected yet (start run() first)", retryable=True)
+        client = self._connected()
         try:
             response = await client.room_redact(room, message, reason=notice, tx_id=f"retract-{message}")
         except (ClientError, TimeoutError) as exc:

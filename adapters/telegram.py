@@ -164,9 +164,7 @@ class TelegramChannel:
     async def send(self, user: str, reply: Reply) -> tuple[str, ...]:
         """Send one reply as plain text, split to Telegram's limit, choices as buttons on the last part; return
         the ids of the parts (the help desk maps agents' replies to each, and can take each back)."""
-        app = self._app
-        if app is None:
-            raise SendError("telegram: the channel is not running (start it before sending)", retryable=True)
+        app = self._running()
         if not user.lstrip("-").isdigit():
             raise SendError(f"telegram: {user!r} is not a Telegram chat id (a whole number)", retryable=False)
         parts = split(reply.text)
@@ -186,9 +184,7 @@ class TelegramChannel:
     async def retract(self, room: str, message: str, notice: str) -> None:
         """Delete a message the bot sent. Telegram lets a bot delete its messages in a group for 48 hours only
         (Bot API deleteMessage); an older one is edited to `notice` instead (editMessageText has no such limit)."""
-        app = self._app
-        if app is None:
-            raise SendError("telegram: the channel is not running (start it before retracting)", retryable=True)
+        app = self._running()
         try:
             chat, message_id = int(room), int(message)
         except ValueError:
@@ -324,11 +320,15 @@ class TelegramChannel:
 
     async def send_file(self, user: str, name: str, data: bytes) -> None:
         """Send a file (the resident's /mydata export) as a document (Bot API sendDocument, up to 50 MB)."""
-        app = self._app
-        if app is None:
-            raise SendError("telegram: the channel is not running (start it before sending)", retryable=True)
+        app = self._running()
         await self._call(partial(app.bot.send_document, chat_id=int(user),
                                  document=InputFile(data, filename=name)))
+
+    def _running(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        """The running application; sending before run() (or after it stopped) may work later."""
+        if self._app is None:
+            raise SendError("telegram: the channel is not running (start it first)", retryable=True)
+        return self._app
 
     async def _call(self, send: Callable[[], Awaitable[Any]]) -> str | None:
         """Make one Bot API call and return the id of the message it sent, if it sent one; wait once on flood
