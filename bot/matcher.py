@@ -155,13 +155,11 @@ class _LanguageIndex:
         # 40 entries or 10,000, and one threshold serves both.
         rarest = math.log(1 + (n - 0.5) / 1.5) if n > 1 else 1.0
         self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) / rarest for t, d in df.items()}
+        self.keyness: dict[str, float] = {}  # term -> weight factor (1.0 for a term it does not list)
         if KEYNESS_FULL:
-            key = self._keyness([text for _, text in items] + list(prose), split)
-            self.keyness = key
-            self.idf = {t: w * key.get(t, 1.0) for t, w in self.idf.items()}
+            self.keyness = self._keyness([text for _, text in items] + list(prose), split)
+            self.idf = {t: w * self.keyness.get(t, 1.0) for t, w in self.idf.items()}
         self.unknown_idf = 1.0  # an unknown word weighs as much as a term only one entry uses
-        if not KEYNESS_FULL:
-            self.keyness = {}
         self.outside_terms = frozenset(t for target, found in phrasings.items() if target.outside
                                        for _, terms in found for t in terms)
         idf = self.idf
@@ -430,14 +428,7 @@ class Matcher:
         scored.sort(key=lambda x: (-x.score, x.target.key))
         top = tuple(s for s in scored if not s.target.outside)[:limit]
         outside = next((s for s in scored if s.target.outside), None)
-        if outside is not None and outside.score >= REJECT and (
-                not top or top[0].score < max(REJECT, outside.score * (1 - MARGIN))) and (
-                not top or top[0].score < REJECT
-                or self.indexes[outside.lang].exclusive(analysed[outside.lang][0]) < EXCLUSIVE):
-            # Clearly closest to a city matter the bot does not handle: say so and point to the city, rather than
-            # give the nearest digital-rights answer ("how long does a building permit take" is not about the
-            # deadline of a data request). Within MARGIN of an entry or flow, or when the question also uses words
-            # only the FAQ uses ("who sees my data when I apply for a building permit"), it answers as usual.
+        if outside is not None and self._declines(outside, top[0] if top else None, analysed[outside.lang][0]):
             return Match(lang, None, (), outside=outside)
         if not top or top[0].score < REJECT:
             return Match(lang, None, ())
@@ -457,6 +448,18 @@ class Matcher:
             if explains:
                 first = explains[0]
         return Match(lang, first, top)
+
+    def _declines(self, outside: Scored, best: Scored | None, terms: frozenset[str]) -> bool:
+        """Whether the question is clearly about a city matter the bot does not handle: say so and point to the
+        city, rather than give the nearest digital-rights answer ("how long does a building permit take" is not
+        about the deadline of a data request). Within MARGIN of an entry or flow, or when the question also uses
+        words only the FAQ uses ("who sees my data when I apply for a building permit"), it answers as usual."""
+        if outside.score < REJECT:
+            return False
+        if best is None or best.score < REJECT:
+            return True  # nothing in scope to answer with
+        return (best.score < outside.score * (1 - MARGIN)
+                and self.indexes[outside.lang].exclusive(terms) < EXCLUSIVE)
 
     def _same_request(self, close: tuple[Scored, ...]) -> bool:
         """A flow and entries that offer that very flow are one request, not a choice to ask about: starting
