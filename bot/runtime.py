@@ -156,14 +156,13 @@ class Runtime:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    async def send(self, channel: Channel, user: str, reply: Reply) -> tuple[str, ...]:
+    async def send(self, channel: Channel, user: str, reply: Reply) -> None:
         """Send one reply; a failed send is logged and does not stop the rest of the message's work (what it
         reported is committed: the resident sees it with /status, /letter or the next reply)."""
         try:
-            return tuple(await channel.send(user, reply) or ())
+            await channel.send(user, reply)
         except SendError as exc:
             log.warning("a reply was not sent channel=%s user=%s: %s", channel.name, self.pseudonym(user), exc)
-            return ()
 
     # -- the help desk -------------------------------------------------------------------------------------------
 
@@ -181,8 +180,7 @@ class Runtime:
             log.error("help desk: channel %s is not running; a staff-room post was not made", self.desk.channel)
             return
         try:
-            sent = await staff.send(self.desk.room, Reply(text))
-            ids = (sent,) if isinstance(sent, str) else tuple(sent or ())
+            ids = tuple(await staff.send(self.desk.room, Reply(text)) or ())
         except SendError as exc:
             log.error("help desk: could not post in the staff room: %s", exc)
             ids = exc.sent  # the parts that did go out are still the resident's, to find and to take back
@@ -216,14 +214,14 @@ class Runtime:
                 await staff.retract(room or self.desk.room, message_id, notice)
             except Exception as exc:  # noqa: BLE001 - one post that fails must not hold up the others
                 reason = exc if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
-                if count and self.store.retracted(message_id, done=False):
+                if count and self.store.retract_failed(message_id):
                     log.error("help desk: gave up taking back a staff-room post after repeated failures: %s", reason)
                 else:
                     log.warning("help desk: could not take back a staff-room post yet: %s", reason)
                 if isinstance(exc, SendError) and exc.retryable:
                     break  # the channel is down or slowing us down: the rest waits for the next pass
                 continue
-            self.store.retracted(message_id, done=True)
+            self.store.retracted(message_id)
             done += 1
         if done:
             log.info("help desk: took back %d staff-room post(s) after an erasure", done)

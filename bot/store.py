@@ -354,13 +354,13 @@ class Store:
                                [limit]).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def retracted(self, message: str, done: bool) -> bool:
-        """Record one try: done removes the post from the list; a failure counts, and past RETRACT_TRIES the post
-        is given up on. Returns whether it was given up on."""
+    def retracted(self, message: str) -> None:
+        """A post was taken back: off the list."""
+        self.db.execute("DELETE FROM retractions WHERE message = ?", [message])
+
+    def retract_failed(self, message: str) -> bool:
+        """Count a failed try; past RETRACT_TRIES the post is given up on (off the list). Returns whether it was."""
         with self.transaction():
-            if done:
-                self.db.execute("DELETE FROM retractions WHERE message = ?", [message])
-                return False
             self.db.execute("UPDATE retractions SET tries = tries + 1 WHERE message = ?", [message])
             row = self.db.execute("SELECT tries FROM retractions WHERE message = ?", [message]).fetchone()
             if row is not None and row[0] >= RETRACT_TRIES:
