@@ -74,7 +74,8 @@ def load(root: Path, city: str, folder: Path | None, today: date | None = None,
     except (OSError, UnicodeError) as exc:
         log.warning("knowledge for %s not fingerprinted (%s): building the index without a snapshot", city, exc)
         return _build(root, city, today)
-    path = folder / f"{prefix(root, city)}{key[:32]}.pickle"
+    name = prefix(root, city)
+    path = folder / f"{name}{key[:32]}.pickle"
     found = _read(path)
     if found is not None:
         log.info("knowledge for %s read from snapshot %s in %.2f s", city, path.name, time.monotonic() - started)
@@ -87,7 +88,7 @@ def load(root: Path, city: str, folder: Path | None, today: date | None = None,
         except (OSError, UnicodeError):
             unchanged = False
         if unchanged:  # an edit saved during the build would be stored under the old name: not saved then
-            _write(path, prefix(root, city), built)
+            _write(path, name, built)
         else:
             log.info("knowledge for %s changed while it was indexed: the snapshot is not saved", city)
     return built
